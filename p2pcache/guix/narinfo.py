@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from p2pcache.errors import Nix32Error, NarinfoFormatError
+from p2pcache.errors import NarinfoFormatError, Nix32Error
 from p2pcache.guix import nix32
 
 # A narinfo lists its references; real items have up to a few hundred (~60 bytes each). 1 MiB
@@ -154,7 +154,8 @@ def parse_narinfo(data: bytes, *, max_size: int = MAX_NARINFO_SIZE) -> Narinfo:
     urls, compressions, sizes = every("URL"), every("Compression"), every("FileSize")
     file_sizes = [_to_number(s) for s in sizes] if sizes else [None] * len(urls)
     groups = tuple(
-        NarURL(url, comp, size) for url, comp, size in zip(urls, compressions, file_sizes, strict=False)
+        NarURL(url, comp, size)
+        for url, comp, size in zip(urls, compressions, file_sizes, strict=False)
     )
     references = first("References")
     deriver = first("Deriver")

@@ -36,9 +36,7 @@ def check_store_name(name: str) -> None:
 def check_hash_part(hash_part: str) -> None:
     """Raise StorePathError unless `hash_part` is exactly 32 nix-base32 characters."""
     if len(hash_part) != HASH_PART_LENGTH or not nix32.is_nix32(hash_part):
-        raise StorePathError(
-            f"store path hash {hash_part[:40]!r} is not 32 nix-base32 characters"
-        )
+        raise StorePathError(f"store path hash {hash_part[:40]!r} is not 32 nix-base32 characters")
 
 
 def check_store_dir(store_dir: str) -> None:
