@@ -1,0 +1,1 @@
+"""The local content store: chunked zstd NARs on disk and their SQLite index."""

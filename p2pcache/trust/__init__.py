@@ -1,0 +1,1 @@
+"""Trust: Merkle hashing, attestations, builder transparency logs and the acceptance policy."""
