@@ -60,3 +60,6 @@ def oracle() -> Path:
 def nix_store() -> str:
     """Nix's nix-store binary (the reference NAR writer and restorer)."""
     return require_binary("nix-store", "nix-bin")
+
+
+from tests.fixtures_store import small_test_store, test_store  # noqa: E402, F401
