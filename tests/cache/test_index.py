@@ -1,0 +1,130 @@
+"""The cache index: migrations, synchronous reads beside asynchronous writes, LRU order."""
+
+import asyncio
+import sqlite3
+
+import pytest
+
+from p2pcache.cache.index import (
+    MIGRATIONS,
+    CacheIndex,
+    CacheIndexError,
+    NewItem,
+    Origin,
+    State,
+)
+
+HASH_A = "a" * 31 + "0"
+HASH_B = "b" * 31 + "0"
+
+
+def new_item(hash_part: str, origin: Origin = Origin.STORE) -> NewItem:
+    return NewItem(
+        hash_part=hash_part,
+        store_path=f"/gnu/store/{hash_part}-x",
+        nar_hash="sha256:" + "0" * 52,
+        nar_size=1234,
+        references=(f"{hash_part}-x", f"{HASH_B}-y"),
+        deriver=f"{hash_part}-x.drv",
+        origin=origin,
+        store_id=7,
+    )
+
+
+@pytest.fixture
+async def index(tmp_path):
+    async with CacheIndex(tmp_path / "index.sqlite") as idx:
+        yield idx
+
+
+async def test_schema_is_migrated_and_recorded(index):
+    assert index.schema_version() == max(m[0] for m in MIGRATIONS)
+
+
+async def test_reopening_does_not_migrate_twice(tmp_path):
+    path = tmp_path / "i.sqlite"
+    async with CacheIndex(path) as idx:
+        await idx.add_items([new_item(HASH_A)])
+    async with CacheIndex(path) as idx:
+        assert idx.get(HASH_A) is not None
+    rows = sqlite3.connect(path).execute("SELECT count(*) FROM schema_migrations").fetchone()
+    assert rows[0] == len(MIGRATIONS)
+
+
+async def test_a_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "i.sqlite"
+    async with CacheIndex(path):
+        pass
+    db = sqlite3.connect(path)
+    db.execute("INSERT INTO schema_migrations VALUES (999, 'x', 'future', 0)")
+    db.commit()
+    db.close()
+    with pytest.raises(CacheIndexError, match="newer than this"):
+        await CacheIndex(path).open()
+
+
+async def test_add_get_and_idempotence(index):
+    assert await index.add_items([new_item(HASH_A), new_item(HASH_B)]) == 2
+    assert await index.add_items([new_item(HASH_A)]) == 0
+    item = index.get(HASH_A)
+    assert item.store_path == f"/gnu/store/{HASH_A}-x"
+    assert item.references == (f"{HASH_A}-x", f"{HASH_B}-y")
+    assert item.deriver == f"{HASH_A}-x.drv"
+    assert item.state is State.UNBAKED and not item.is_baked
+    assert item.basename == f"{HASH_A}-x"
+    assert index.get("c" * 32) is None
+
+
+async def test_signature_and_baking_are_seen_by_the_synchronous_reader(index):
+    await index.add_items([new_item(HASH_A)])
+    await index.set_signature(HASH_A, b"StorePath: x\n", b"Signature: 1;h;x\n")
+    await index.mark_baked(HASH_A, "aa/x.zst", 99, b"table", b"r" * 32)
+    item = index.get(HASH_A)
+    assert item.signed_part == b"StorePath: x\n"
+    assert item.signature == b"Signature: 1;h;x\n"
+    assert item.is_baked and item.file_size == 99 and item.chunk_table == b"table"
+    stats = await index.stats()
+    assert (stats.items, stats.baked, stats.cached_bytes) == (1, 1, 99)
+    await index.mark_unbaked(HASH_A)
+    assert not index.get(HASH_A).is_baked
+    await index.mark_corrupt(HASH_A)
+    assert index.get(HASH_A).state is State.CORRUPT
+    assert (await index.stats()).corrupt == 1
+
+
+async def test_least_recently_used_order(index):
+    await index.add_items([new_item(HASH_A), new_item(HASH_B)])
+    await index.mark_baked(HASH_A, "aa/a.zst", 1, b"t", b"r")
+    await index.mark_baked(HASH_B, "bb/b.zst", 1, b"t", b"r")
+    await index.touch({HASH_A: 2_000_000_000, HASH_B: 1_900_000_000})
+    assert [i.hash_part for i in await index.least_recently_used(10)] == [HASH_B, HASH_A]
+    await index.touch({HASH_B: 2_100_000_000})
+    assert [i.hash_part for i in await index.least_recently_used(10)] == [HASH_A, HASH_B]
+    assert await index.baked_files() == {"aa/a.zst", "bb/b.zst"}
+
+
+async def test_remove_and_node_state(index):
+    await index.add_items([new_item(HASH_A, Origin.PEER)])
+    await index.remove([HASH_A])
+    assert index.get(HASH_A) is None
+    await index.set_state("last_store_id", 42)
+    assert index.get_state("last_store_id") == 42
+    await index.set_state("last_store_id", 43)
+    assert index.get_state("last_store_id") == 43
+
+
+async def test_unopened_index_says_so(tmp_path):
+    with pytest.raises(CacheIndexError, match="not open"):
+        CacheIndex(tmp_path / "x").get(HASH_A)
+
+
+async def test_concurrent_writers_on_one_connection_take_turns(index):
+    """Coroutines share the writer connection: transactions must not interleave."""
+    hashes = [f"{n:032d}".replace("e", "f") for n in range(200)]
+    await asyncio.gather(
+        *(index.add_items([new_item(h)]) for h in hashes),
+        *(index.set_state(f"k{n}", n) for n in range(50)),
+        *(index.touch({h: 5}) for h in hashes[:50]),
+    )
+    assert (await index.stats()).items == 200
+    assert index.get_state("k49") == 49
