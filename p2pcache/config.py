@@ -1,0 +1,250 @@
+"""Node configuration: one TOML file (every option in config/p2pcache.toml), overridden by flags.
+
+A node with no file runs: every option has a default (DESIGN.md "Listeners and files"). Values
+are checked when loaded, and a bad value is one error that names its key, e.g.
+`cache.max_size: expected a size such as "20GiB", got "lots"`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import socket
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from p2pcache.errors import P2PCacheError
+from p2pcache.guix.store_path import DEFAULT_STORE_DIR, check_store_dir
+from p2pcache.paths import default_data_dir
+
+# A configuration file is a few KiB; anything much larger is a mistake, not a config.
+MAX_CONFIG_SIZE = 1 << 20
+
+
+class ConfigError(P2PCacheError):
+    """A configuration value is missing, malformed or out of range."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_listen_address(text: str) -> ListenAddress:
+    """`HOST:PORT` or `[IPV6]:PORT`; port 0 means "any free port" (tests)."""
+    match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d{1,5})|([^:\[\]\s]+):(\d{1,5})", text)
+    if not match:
+        raise ValueError(f'expected HOST:PORT such as "127.0.0.1:8080", got {text!r}')
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if port > 65535:
+        raise ValueError(f"port {port} is out of range")
+    if match.group(1):
+        ipaddress.IPv6Address(host)
+    return ListenAddress(host, port)
+
+
+_SIZE_UNITS = {"": 1, "B": 1, "K": 1000, "KB": 1000, "KIB": 1024, "M": 10**6, "MB": 10**6}
+_SIZE_UNITS |= {"MIB": 1 << 20, "G": 10**9, "GB": 10**9, "GIB": 1 << 30}
+_SIZE_UNITS |= {"T": 10**12, "TB": 10**12, "TIB": 1 << 40}
+
+
+def parse_size(value: int | str) -> int:
+    """A byte count: an integer, or a string such as "20GiB", "500 MB", "1.5TiB"."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size, got a boolean")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(value))
+    unit = match.group(2).upper() if match else None
+    if not match or unit not in _SIZE_UNITS:
+        raise ValueError(f'expected a size such as "20GiB", got {value!r}')
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a node needs to run; see config/p2pcache.toml for what each option means."""
+
+    data_dir: Path = field(default_factory=default_data_dir)
+    store_dir: str = DEFAULT_STORE_DIR
+    store_root: Path = Path(DEFAULT_STORE_DIR)
+    db: Path = Path("/var/guix/db/db.sqlite")
+
+    listen: ListenAddress = ListenAddress("127.0.0.1", 8080)
+    admin_listen: ListenAddress = ListenAddress("127.0.0.1", 8082)
+    metrics_listen: ListenAddress | None = None
+    host_name: str = field(default_factory=socket.gethostname)
+
+    narinfo_ttl: int = 86400
+    negative_ttl: int = 60
+    max_connections: int = 256
+    max_pipeline: int = 1024
+    max_request_head: int = 16384
+    idle_timeout: float = 60.0
+    request_timeout: float = 30.0
+    hot_narinfos: int = 65536
+
+    cache_max_size: int = 20 << 30
+    zstd_level: int = 3
+    zstd_threads: int = 0
+    bake_new_items: bool = True
+    db_poll_interval: float = 10.0
+
+    log_level: str = "info"
+    log_format: str = "text"
+
+    def effective_zstd_threads(self) -> int:
+        return self.zstd_threads or max(1, os.cpu_count() or 1)
+
+
+# TOML key -> (Config field, converter). The converter raises ValueError with a message.
+def _path(value: Any) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a path, got {value!r}")
+    return Path(value).expanduser()
+
+
+def _store_dir(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected an absolute directory, got {value!r}")
+    try:
+        check_store_dir(value)
+    except P2PCacheError as e:
+        raise ValueError(str(e)) from None
+    return value
+
+
+def _int_range(low: int, high: int) -> Callable[[Any], int]:
+    def convert(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"expected an integer from {low} to {high}, got {value!r}")
+        return value
+
+    return convert
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError(f"expected a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    return convert
+
+
+def _listen(value: Any) -> ListenAddress:
+    if not isinstance(value, str):
+        raise ValueError(f'expected "HOST:PORT", got {value!r}')
+    return parse_listen_address(value)
+
+
+def _optional_listen(value: Any) -> ListenAddress | None:
+    return None if value in ("", "off", None) else _listen(value)
+
+
+def _host_name(value: Any) -> str:
+    if not isinstance(value, str) or not value or ";" in value or value != value.strip():
+        raise ValueError(f"expected a host name without ';' or spaces, got {value!r}")
+    return value
+
+
+OPTIONS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "node.data_dir": ("data_dir", _path),
+    "node.host_name": ("host_name", _host_name),
+    "store.store_dir": ("store_dir", _store_dir),
+    "store.store_root": ("store_root", _path),
+    "store.db": ("db", _path),
+    "store.bake_new_items": ("bake_new_items", _bool),
+    "store.db_poll_interval": ("db_poll_interval", _seconds),
+    "guix_endpoint.listen": ("listen", _listen),
+    "guix_endpoint.narinfo_ttl": ("narinfo_ttl", _int_range(0, 365 * 86400)),
+    "guix_endpoint.negative_ttl": ("negative_ttl", _int_range(0, 86400)),
+    "guix_endpoint.max_connections": ("max_connections", _int_range(1, 1_000_000)),
+    "guix_endpoint.max_pipeline": ("max_pipeline", _int_range(1, 100_000)),
+    "guix_endpoint.max_request_head": ("max_request_head", _int_range(1024, 1 << 20)),
+    "guix_endpoint.idle_timeout": ("idle_timeout", _seconds),
+    "guix_endpoint.request_timeout": ("request_timeout", _seconds),
+    "guix_endpoint.hot_narinfos": ("hot_narinfos", _int_range(0, 10_000_000)),
+    "admin.listen": ("admin_listen", _listen),
+    "admin.metrics_listen": ("metrics_listen", _optional_listen),
+    "cache.max_size": ("cache_max_size", parse_size),
+    "cache.zstd_level": ("zstd_level", _int_range(1, 19)),
+    "cache.zstd_threads": ("zstd_threads", _int_range(0, 256)),
+    "logging.level": ("log_level", _choice("debug", "info", "warning", "error")),
+    "logging.format": ("log_format", _choice("text", "json")),
+}
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out |= _flatten(value, name + ".")
+        else:
+            out[name] = value
+    return out
+
+
+def config_from_mapping(table: Mapping[str, Any], base: Config | None = None) -> Config:
+    """Apply a parsed TOML document (nested tables) onto `base` (default: all defaults)."""
+    changes: dict[str, Any] = {}
+    for key, value in _flatten(table).items():
+        if key not in OPTIONS:
+            raise ConfigError(f"{key}: unknown option (see config/p2pcache.toml for the list)")
+        name, convert = OPTIONS[key]
+        try:
+            changes[name] = convert(value)
+        except ValueError as e:
+            raise ConfigError(f"{key}: {e}") from None
+    return replace(base or Config(), **changes)
+
+
+def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Read the TOML file (if any), then apply `overrides` given by TOML key (CLI flags)."""
+    config = Config()
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                raw = f.read(MAX_CONFIG_SIZE + 1)
+        except OSError as e:
+            raise ConfigError(f"cannot read configuration file {path}: {e.strerror}") from None
+        if len(raw) > MAX_CONFIG_SIZE:
+            raise ConfigError(f"configuration file {path} is larger than 1 MiB")
+        try:
+            document = tomllib.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"configuration file {path} is not valid TOML: {e}") from None
+        config = config_from_mapping(document, config)
+    if overrides:
+        nested: dict[str, Any] = {}
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            section, _, option = key.partition(".")
+            nested.setdefault(section, {})[option] = value
+        config = config_from_mapping(nested, config)
+    return config

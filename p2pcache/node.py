@@ -1,0 +1,310 @@
+"""One running node: the parts wired together, started and stopped in a fixed order.
+
+Start: data directory, Guix signing key (created on first start), cache index, NAR files, the
+publisher (if a Guix store database is there), the Guix endpoint, the admin listener. Stop:
+the reverse, with bounded grace. Configuration comes in as a `Config`; nothing is read from
+module-level state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any
+
+from p2pcache import __version__
+from p2pcache.cache.index import CacheIndex, IndexedItem, State
+from p2pcache.cache.nar_store import NarStore
+from p2pcache.cache.quota import QuotaKeeper
+from p2pcache.config import Config
+from p2pcache.guix.narinfo import render_signature_line, render_signed_part
+from p2pcache.guix.narinfo_signature import signature_field
+from p2pcache.guix.signing_key import (
+    PUBLIC_KEY_FILE,
+    SECRET_KEY_FILE,
+    GuixSecretKey,
+    load_key_pair,
+    write_key_pair,
+)
+from p2pcache.guix.store_db import GuixStoreDatabase
+from p2pcache.metrics import NodeMetrics, status_class
+from p2pcache.publisher import Publisher, PublisherSettings, new_item_from_store
+from p2pcache.server.admin_app import AiohttpListener, make_admin_app, make_metrics_app
+from p2pcache.server.guix_endpoint import EndpointSettings, GuixEndpoint
+from p2pcache.server.http_server import HTTPServer, ServerLimits
+
+log = logging.getLogger(__name__)
+
+# How often last-access times are written to the index and gauges refreshed.
+HOUSEKEEPING_INTERVAL = 15.0
+
+
+def ensure_signing_key(config: Config) -> GuixSecretKey:
+    """Load the node's Guix key, creating it on first start (and saying how to authorize it)."""
+    secret = config.data_dir / SECRET_KEY_FILE
+    public = config.data_dir / PUBLIC_KEY_FILE
+    if not secret.exists():
+        key = write_key_pair(config.data_dir)
+        log.info("created a new Guix signing key in %s", config.data_dir)
+    else:
+        key = load_key_pair(config.data_dir)
+    log.info(
+        "substitutes from this node are signed with %s; to accept them, run as root on the "
+        "Guix machine: guix archive --authorize < %s",
+        public,
+        public,
+    )
+    return key
+
+
+class Node:
+    """A p2pcache node: the Guix endpoint over the local cache, fed by the local store."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.metrics = NodeMetrics()
+        self.index = CacheIndex(config.data_dir / "index.sqlite")
+        self.nar_store = NarStore(config.data_dir / "nar")
+        threads = config.effective_zstd_threads()
+        self.compress_executor = ThreadPoolExecutor(threads, thread_name_prefix="zstd")
+        self.bake_executor = ThreadPoolExecutor(1, thread_name_prefix="bake")
+        self.io_executor = ThreadPoolExecutor(8, thread_name_prefix="nar-io")
+        self.key: GuixSecretKey | None = None
+        self.publisher: Publisher | None = None
+        self.endpoint: GuixEndpoint | None = None
+        self.http: HTTPServer | None = None
+        self.quota: QuotaKeeper | None = None
+        self._listeners: list[AiohttpListener] = []
+        self._tasks: set[asyncio.Task] = set()
+        self._housekeeping: asyncio.Task | None = None
+        self.started_at = 0.0
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        config = self.config
+        config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.key = ensure_signing_key(config)
+        await self.index.open()
+        self.nar_store.prepare()
+        self.quota = QuotaKeeper(
+            self.index, self.nar_store, config.cache_max_size, self.metrics, self._forget
+        )
+        self.publisher = Publisher(
+            PublisherSettings.from_config(config),
+            GuixStoreDatabase(config.db, store_dir=config.store_dir),
+            self.index,
+            self.nar_store,
+            self.metrics,
+            bake_executor=self.bake_executor,
+            compress_executor=self.compress_executor,
+            on_changed=self._item_changed,
+        )
+        if not config.store_root.is_dir() or not any(config.store_root.iterdir()):
+            log.warning(
+                "the store root %s is empty or missing; this node publishes nothing from a "
+                "local store",
+                config.store_root,
+            )
+        await self.publisher.start()
+        self.endpoint = GuixEndpoint(
+            EndpointSettings(
+                store_dir=config.store_dir,
+                store_root=config.store_root,
+                narinfo_ttl=config.narinfo_ttl,
+                negative_ttl=config.negative_ttl,
+                hot_narinfos=config.hot_narinfos,
+            ),
+            self.index,
+            self.nar_store,
+            (config.data_dir / PUBLIC_KEY_FILE).read_bytes(),
+            self._sign_item,
+            self.metrics,
+            resolve_miss=self._resolve_miss if self.publisher.available else None,
+            on_unbaked_served=self.publisher.enqueue_item,
+            on_corrupt=self._store_item_corrupt,
+            executor=self.io_executor,
+        )
+        limits = ServerLimits(
+            max_connections=config.max_connections,
+            max_head_size=config.max_request_head,
+            max_pipeline=config.max_pipeline,
+            idle_timeout=config.idle_timeout,
+            head_timeout=config.request_timeout,
+        )
+        self.http = HTTPServer(self.endpoint.handle, limits, self._observe)
+        await self.http.start(config.listen.host, config.listen.port)
+        admin = AiohttpListener(
+            make_admin_app(self.metrics.registry, self.status),
+            config.admin_listen.host,
+            config.admin_listen.port,
+        )
+        await admin.start()
+        self._listeners.append(admin)
+        if config.metrics_listen is not None:
+            metrics = AiohttpListener(
+                make_metrics_app(self.metrics.registry),
+                config.metrics_listen.host,
+                config.metrics_listen.port,
+            )
+            await metrics.start()
+            self._listeners.append(metrics)
+        self.metrics.cache_max_bytes.set(config.cache_max_size)
+        self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
+        self.started_at = time.time()
+        log.info(
+            "p2pcache %s serving Guix substitutes on http://%s (admin and /metrics on http://%s)",
+            __version__,
+            f"{config.listen.host}:{self.http.port}",
+            f"{config.admin_listen.host}:{admin.port}",
+        )
+
+    async def stop(self) -> None:
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeping
+        if self.http is not None:
+            await self.http.stop(grace=5.0)
+        for listener in self._listeners:
+            await listener.stop()
+        self._listeners.clear()
+        if self.publisher is not None:
+            await self.publisher.stop()
+        for task in list(self._tasks):
+            with contextlib.suppress(Exception):
+                await task
+        await self._flush_access_times()
+        await self.index.close()
+        for executor in (self.io_executor, self.bake_executor, self.compress_executor):
+            executor.shutdown(wait=True, cancel_futures=True)
+        log.info("p2pcache stopped")
+
+    async def run_until_signalled(self) -> None:
+        """Start, serve until SIGINT or SIGTERM, then stop cleanly."""
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopping.set)
+        try:
+            await self.start()
+            await stopping.wait()
+            log.info("stopping (signal received)")
+        finally:
+            await self.stop()
+
+    @property
+    def guix_port(self) -> int:
+        assert self.http is not None
+        return self.http.port
+
+    @property
+    def admin_port(self) -> int:
+        return self._listeners[0].port
+
+    # -- the parts' callbacks -----------------------------------------------------------------
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _sign_item(self, item: IndexedItem) -> IndexedItem:
+        """Make and store the signed narinfo part of an item the node vouches for itself."""
+        assert self.key is not None
+        signed = render_signed_part(
+            item.store_path, item.nar_hash, item.nar_size, item.references, item.deriver
+        )
+        line = render_signature_line(signature_field(signed, self.key, self.config.host_name))
+        self._spawn(self.index.set_signature(item.hash_part, signed, line))
+        return replace(item, signed_part=signed, signature=line)
+
+    async def _resolve_miss(self, hash_part: str) -> IndexedItem | None:
+        """An item the index does not know yet: maybe the store has it (before the sync)."""
+        assert self.publisher is not None
+        info = await self.publisher.store_db.find_by_hash_part(hash_part)
+        if info is None or info.nar_size is None:
+            return None
+        await self.index.add_items([new_item_from_store(info)])
+        return self.index.get(hash_part)
+
+    def _forget(self, hash_part: str) -> None:
+        if self.endpoint is not None:
+            self.endpoint.forget(hash_part)
+
+    def _item_changed(self, hash_part: str) -> None:
+        self._forget(hash_part)
+        if self.quota is not None:
+            self.quota.request_check()
+
+    def _store_item_corrupt(self, item: IndexedItem) -> None:
+        self.metrics.store_corrupt.inc()
+        self._spawn(self.index.mark_corrupt(item.hash_part))
+
+    def _observe(self, label: str, status: int, seconds: float, nbytes: int) -> None:
+        self.metrics.requests.inc((label, status_class(status)))
+        self.metrics.request_seconds.observe((label,), seconds)
+
+    # -- housekeeping -------------------------------------------------------------------------
+
+    async def _flush_access_times(self) -> None:
+        if self.endpoint is None or not self.endpoint.accessed:
+            return
+        accessed, self.endpoint.accessed = self.endpoint.accessed, {}
+        await self.index.touch(accessed)
+
+    async def _housekeep(self) -> None:
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_INTERVAL)
+            try:
+                await self._flush_access_times()
+                await self.refresh_gauges()
+            except Exception:
+                log.exception("housekeeping failed")
+
+    async def refresh_gauges(self) -> None:
+        stats = await self.index.stats()
+        self.metrics.cache_bytes.set(stats.cached_bytes)
+        self.metrics.cache_items.labels(str(State.BAKED)).set(stats.baked)
+        self.metrics.cache_items.labels(str(State.CORRUPT)).set(stats.corrupt)
+        self.metrics.cache_items.labels(str(State.UNBAKED)).set(
+            stats.items - stats.baked - stats.corrupt
+        )
+        if self.http is not None:
+            self.metrics.open_connections.set(self.http.connection_count)
+
+    async def status(self) -> dict[str, Any]:
+        """What `p2pcache status` and the status page show."""
+        stats = await self.index.stats()
+        hits = self.metrics.narinfo_lookups.value(("hit",))
+        misses = self.metrics.narinfo_lookups.value(("miss",))
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime_seconds": round(time.time() - self.started_at, 1),
+            "guix_endpoint": f"http://{self.config.listen.host}:{self.guix_port}",
+            "store": {
+                "store_dir": self.config.store_dir,
+                "database": str(self.config.db),
+                "publishing": bool(self.publisher and self.publisher.available),
+                "bake_queue": self.publisher.queue_size if self.publisher else 0,
+            },
+            "cache": {
+                "items": stats.items,
+                "baked": stats.baked,
+                "corrupt": stats.corrupt,
+                "size_bytes": stats.cached_bytes,
+                "max_size_bytes": self.config.cache_max_size,
+            },
+            "narinfo": {
+                "hits": int(hits),
+                "misses": int(misses),
+                "hit_ratio": round(hits / (hits + misses), 4) if hits + misses else None,
+            },
+        }

@@ -1,0 +1,72 @@
+"""The admin listener (aiohttp): /metrics, health and the status API used by `p2pcache status`.
+
+Meant for this machine only (it binds to loopback by default). A Prometheus on another host
+scrapes the separate metrics-only listener instead, which serves nothing but /metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+StatusProvider = Callable[[], Awaitable[dict[str, Any]]]
+
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def metrics_handler(registry: CollectorRegistry) -> Handler:
+    async def handle(request: web.Request) -> web.Response:
+        body = generate_latest(registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    return handle
+
+
+def make_metrics_app(registry: CollectorRegistry) -> web.Application:
+    """The metrics-only application (for `--metrics-listen`)."""
+    app = web.Application()
+    app.router.add_get("/metrics", metrics_handler(registry))
+    return app
+
+
+def make_admin_app(registry: CollectorRegistry, status: StatusProvider) -> web.Application:
+    app = web.Application()
+    app.router.add_get("/metrics", metrics_handler(registry))
+
+    async def health(request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def status_json(request: web.Request) -> web.Response:
+        return web.json_response(await status())
+
+    app.router.add_get("/healthz", health)
+    app.router.add_get("/api/v1/status", status_json)
+    return app
+
+
+class AiohttpListener:
+    """An aiohttp application on one address, with an explicit start/stop life cycle."""
+
+    def __init__(self, app: web.Application, host: str, port: int) -> None:
+        self._runner = web.AppRunner(app, access_log=None)
+        self._host, self._port = host, port
+        self._site: web.TCPSite | None = None
+
+    async def start(self) -> None:
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
+        await self._site.start()
+
+    @property
+    def port(self) -> int:
+        addresses = self._runner.addresses
+        if not addresses:
+            raise RuntimeError("listener is not started")
+        return addresses[0][1]
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()

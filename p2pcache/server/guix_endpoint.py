@@ -1,0 +1,310 @@
+"""The Guix substitute endpoint: what `guix substitute` asks for, answered from the cache.
+
+Routes (spec §1.1): `/nix-cache-info`, `/<hash>.narinfo`, `/nar/zstd/<basename>`,
+`/nar/<basename>`, `/signing-key.pub`, `/` — GET and HEAD (HEAD is answered properly, a
+deliberate difference from `guix publish`). Everything else is a 404 with a short body.
+
+The hit path is synchronous and cheap: a hot narinfo is a pre-rendered response in a bounded
+in-memory table; a warm one is one indexed SQLite read plus appending the URL groups to the
+signed part stored in the index. Only misses return an awaitable (the resolver may look in the
+Guix database now, and in the peer network later), so pipelined misses run concurrently while
+the server keeps the answers in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+
+from p2pcache.cache.chunk_table import decode_chunk_table
+from p2pcache.cache.chunked_zstd import iter_decompressed
+from p2pcache.cache.index import CacheIndex, IndexedItem, Origin, State
+from p2pcache.cache.nar_store import NarStore, NarStoreError
+from p2pcache.errors import P2PCacheError
+from p2pcache.guix.nar import NarHasher, iter_nar
+from p2pcache.guix.narinfo import NarURL, nar_url, render_url_groups
+from p2pcache.metrics import NodeMetrics
+from p2pcache.server.http_response import (
+    AnyResponse,
+    FileResponse,
+    RawResponse,
+    Response,
+    StreamResponse,
+    render_head,
+)
+from p2pcache.server.streaming import iterate_in_thread
+
+log = logging.getLogger(__name__)
+
+NARINFO_TYPE = "application/x-nix-narinfo"
+NAR_TYPE = "application/x-nix-archive"
+ZSTD_TYPE = "application/zstd"
+
+_NIX32 = "0-9a-df-np-sv-z"
+_NARINFO_PATH = re.compile(rf"/([{_NIX32}]{{32}})\.narinfo\Z")
+_NAR_PATH = re.compile(rf"/nar/(?:(zstd)/)?([{_NIX32}]{{32}})-([A-Za-z0-9+\-._?=]{{1,211}})\Z")
+
+_HIT, _MISS = ("hit",), ("miss",)
+
+Resolver = Callable[[str], Awaitable[IndexedItem | None]]
+
+
+class StoreItemChanged(P2PCacheError):
+    """A store item did not hash to its recorded NarHash while being streamed."""
+
+
+@dataclass(frozen=True)
+class EndpointSettings:
+    store_dir: str
+    store_root: Path
+    narinfo_ttl: int
+    negative_ttl: int
+    hot_narinfos: int
+
+
+class GuixEndpoint:
+    """The request handler of the Guix substitute endpoint."""
+
+    def __init__(
+        self,
+        settings: EndpointSettings,
+        index: CacheIndex,
+        nar_store: NarStore,
+        public_key: bytes,
+        sign_item: Callable[[IndexedItem], IndexedItem],
+        metrics: NodeMetrics,
+        *,
+        resolve_miss: Resolver | None = None,
+        on_unbaked_served: Callable[[IndexedItem], None] | None = None,
+        on_corrupt: Callable[[IndexedItem], None] | None = None,
+        executor: Executor | None = None,
+    ) -> None:
+        self.settings = settings
+        self.index = index
+        self.nar_store = nar_store
+        self.sign_item = sign_item
+        self.metrics = metrics
+        self.resolve_miss = resolve_miss
+        self.on_unbaked_served = on_unbaked_served
+        self.on_corrupt = on_corrupt
+        self.executor = executor
+        self._hot: dict[str, RawResponse] = {}
+        self.accessed: dict[str, int] = {}
+        ttl = settings.narinfo_ttl
+        self._narinfo_headers = (("Cache-Control", f"max-age={ttl}"),)
+        # The head of every narinfo 200, as render_head writes it, with a slot for the length:
+        # a miss renders its response with one %-format instead of validating headers anew.
+        self._narinfo_head = render_head(200, 0, NARINFO_TYPE, self._narinfo_headers).replace(
+            b"Content-Length: 0\r\n", b"Content-Length: %d\r\n"
+        )
+        self._not_found_narinfo = Response(
+            404,
+            b"No such store item.\n",
+            headers=(("Cache-Control", f"max-age={settings.negative_ttl}"),),
+            label="narinfo",
+        ).prerender()
+        self._not_found = Response(404, b"Resource not found.\n", label="other").prerender()
+        self._cache_info = Response(
+            200,
+            f"StoreDir: {settings.store_dir}\nWantMassQuery: 0\nPriority: 100\n".encode(),
+            content_type="text/plain",
+            label="nix-cache-info",
+        ).prerender()
+        self._signing_key = Response(
+            200,
+            public_key,
+            content_type="text/plain; charset=UTF-8",
+            label="signing-key",
+        ).prerender()
+        self._home = Response(
+            200,
+            b"This is a p2pcache node: a Guix substitute server.\n"
+            b"Add its URL to guix-daemon's --substitute-urls and authorize /signing-key.pub.\n",
+            label="home",
+        ).prerender()
+
+    # -- dispatch -----------------------------------------------------------------------------
+
+    def handle(self, request) -> AnyResponse | Awaitable[AnyResponse]:
+        path: str = request.path
+        if path.endswith(".narinfo"):
+            match = _NARINFO_PATH.match(path)
+            if match is None:
+                return self._not_found_narinfo
+            return self.narinfo(match.group(1))
+        if path.startswith("/nar/"):
+            match = _NAR_PATH.match(path)
+            if match is None:
+                return self._not_found
+            return self.nar(match.group(2), match.group(3), compressed=bool(match.group(1)))
+        if path == "/nix-cache-info":
+            return self._cache_info
+        if path == "/signing-key.pub":
+            return self._signing_key
+        if path in ("/", "/index.html"):
+            return self._home
+        return self._not_found
+
+    # -- narinfo ------------------------------------------------------------------------------
+
+    def narinfo(self, hash_part: str) -> AnyResponse | Awaitable[AnyResponse]:
+        hot = self._hot.get(hash_part)
+        if hot is not None:
+            self.metrics.narinfo_lookups.inc(_HIT)
+            self.accessed[hash_part] = int(time.time())
+            return hot
+        item = self.index.get(hash_part)
+        if item is not None and item.state is not State.CORRUPT:
+            self.metrics.narinfo_lookups.inc(_HIT)
+            return self._narinfo_response(item)
+        self.metrics.narinfo_lookups.inc(_MISS)
+        if self.resolve_miss is None or (item is not None and item.state is State.CORRUPT):
+            return self._not_found_narinfo
+        return self._resolve(hash_part)
+
+    async def _resolve(self, hash_part: str) -> AnyResponse:
+        assert self.resolve_miss is not None
+        try:
+            item = await self.resolve_miss(hash_part)
+        except P2PCacheError as e:
+            log.warning("could not look up %s: %s", hash_part, e)
+            item = None
+        if item is None or item.state is State.CORRUPT:
+            return self._not_found_narinfo
+        return self._narinfo_response(item)
+
+    def _narinfo_response(self, item: IndexedItem) -> RawResponse:
+        if item.signed_part is None or item.signature is None:
+            item = self.sign_item(item)
+        groups = []
+        if item.is_baked and item.file_size is not None:
+            groups.append(NarURL(nar_url(item.basename, "zstd"), "zstd", item.file_size))
+        groups.append(NarURL(nar_url(item.basename, "none"), "none", item.nar_size))
+        body = item.signed_part + item.signature + render_url_groups(groups)
+        head = self._narinfo_head % len(body)
+        response = RawResponse(head + body, len(head), 200, "narinfo")
+        self.remember(item.hash_part, response)
+        self.accessed[item.hash_part] = int(time.time())
+        return response
+
+    def remember(self, hash_part: str, response: RawResponse) -> None:
+        if self.settings.hot_narinfos <= 0:
+            return
+        hot = self._hot
+        if len(hot) >= self.settings.hot_narinfos:
+            # Drop the oldest entry (dicts keep insertion order): a cheap FIFO bound.
+            del hot[next(iter(hot))]
+        hot[hash_part] = response
+
+    def forget(self, hash_part: str) -> None:
+        """Drop a pre-rendered narinfo (the item was baked, evicted or found corrupt)."""
+        self._hot.pop(hash_part, None)
+
+    # -- NARs ---------------------------------------------------------------------------------
+
+    def nar(self, hash_part: str, name: str, *, compressed: bool) -> AnyResponse:
+        item = self.index.get(hash_part)
+        if item is None or item.state is State.CORRUPT or item.basename != f"{hash_part}-{name}":
+            return self._not_found
+        self.accessed[hash_part] = int(time.time())
+        if item.is_baked:
+            try:
+                if compressed:
+                    return self._cached_file(item)
+                return self._decompressed(item)
+            except NarStoreError as e:
+                log.error("%s; the index will forget it", e)
+                self.forget(hash_part)
+                return self._not_found
+        if compressed or item.origin is not Origin.STORE:
+            return self._not_found
+        return self._from_store(item)
+
+    def _cached_file(self, item: IndexedItem) -> FileResponse:
+        fd = self.nar_store.open(item.nar_file)
+        try:
+            size = os.fstat(fd).st_size
+        except OSError:
+            os.close(fd)
+            raise
+        if size != item.file_size:
+            os.close(fd)
+            raise NarStoreError(f"cached NAR {item.nar_file} has the wrong size")
+        self.metrics.nar_bytes_served.inc(("zstd",), size)
+        return FileResponse(fd, 0, size, ZSTD_TYPE, self._nar_headers(), label="nar")
+
+    def _decompressed(self, item: IndexedItem) -> StreamResponse:
+        table = decode_chunk_table(item.chunk_table)
+        path = self.nar_store.path_of(item.nar_file)
+
+        def chunks() -> Iterator[bytes]:
+            with open(path, "rb") as f:
+                yield from iter_decompressed(f, table)
+
+        self.metrics.nar_bytes_served.inc(("none",), item.nar_size)
+        return StreamResponse(
+            iterate_in_thread(chunks, self.executor),
+            item.nar_size,
+            NAR_TYPE,
+            self._nar_headers(),
+            label="nar",
+        )
+
+    def _from_store(self, item: IndexedItem) -> StreamResponse:
+        """Stream an unbaked store item, checking it against the daemon's NarHash on the way.
+
+        The last piece is held back until the whole NAR has hashed correctly, so a client
+        never receives a complete-looking body whose hash is wrong: on a mismatch the stream
+        fails, the server aborts the connection, and the item is marked corrupt.
+        """
+        source = self.settings.store_root / item.basename
+        expected = item.nar_hash
+
+        def chunks() -> Iterator[bytes]:
+            hasher = NarHasher()
+            held: bytes | None = None
+            produced = 0
+            for piece in iter_nar(source):
+                hasher.update(piece)
+                produced += len(piece)
+                if produced > item.nar_size:
+                    break
+                if held is not None:
+                    yield held
+                held = bytes(piece)
+            summary = hasher.summary()
+            if summary.nar_hash != expected or summary.size != item.nar_size:
+                raise StoreItemChanged(
+                    f"{source} hashes to {summary.nar_hash} ({summary.size} bytes), the Guix "
+                    f"database says {expected} ({item.nar_size} bytes)"
+                )
+            if held is not None:
+                yield held
+
+        async def guarded() -> AsyncIterator[bytes]:
+            try:
+                async for piece in iterate_in_thread(chunks, self.executor):
+                    yield piece
+            except StoreItemChanged as e:
+                log.error("refusing corrupt store item: %s", e)
+                self.forget(item.hash_part)
+                if self.on_corrupt is not None:
+                    self.on_corrupt(item)
+                raise
+            except (P2PCacheError, OSError) as e:
+                log.error("could not read store item %s: %s", source, e)
+                raise
+
+        if self.on_unbaked_served is not None:
+            self.on_unbaked_served(item)
+        self.metrics.nar_bytes_served.inc(("none",), item.nar_size)
+        return StreamResponse(guarded(), item.nar_size, NAR_TYPE, self._nar_headers(), label="nar")
+
+    def _nar_headers(self) -> tuple[tuple[str, str], ...]:
+        return (("Cache-Control", f"max-age={self.settings.narinfo_ttl}"),)
