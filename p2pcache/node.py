@@ -19,7 +19,7 @@ from dataclasses import replace
 from typing import Any
 
 from p2pcache import __version__
-from p2pcache.cache.index import CacheIndex, IndexedItem, State
+from p2pcache.cache.index import CacheIndex, IndexedItem, Origin, State
 from p2pcache.cache.nar_store import NarStore
 from p2pcache.cache.quota import QuotaKeeper
 from p2pcache.config import Config
@@ -129,8 +129,10 @@ class Node:
             resolve_miss=self._resolve_miss if self.publisher.available else None,
             on_unbaked_served=self.publisher.enqueue_item,
             on_corrupt=self._store_item_corrupt,
+            on_missing_file=self._cached_file_missing,
             executor=self.io_executor,
         )
+        self.endpoint.accessed.on_full = lambda: self._spawn(self._flush_access_times())
         limits = ServerLimits(
             max_connections=config.max_connections,
             max_head_size=config.max_request_head,
@@ -247,6 +249,13 @@ class Node:
         self.metrics.store_corrupt.inc()
         self._spawn(self.index.mark_corrupt(item.hash_part))
 
+    def _cached_file_missing(self, item: IndexedItem) -> None:
+        """A cached NAR vanished from disk: a store item falls back to the store, others go."""
+        if item.origin is Origin.STORE:
+            self._spawn(self.index.mark_unbaked(item.hash_part))
+        else:
+            self._spawn(self.index.remove([item.hash_part]))
+
     def _observe(self, label: str, status: int, seconds: float, nbytes: int) -> None:
         self.metrics.requests.inc((label, status_class(status)))
         self.metrics.request_seconds.observe((label,), seconds)
@@ -254,10 +263,8 @@ class Node:
     # -- housekeeping -------------------------------------------------------------------------
 
     async def _flush_access_times(self) -> None:
-        if self.endpoint is None or not self.endpoint.accessed:
-            return
-        accessed, self.endpoint.accessed = self.endpoint.accessed, {}
-        await self.index.touch(accessed)
+        if self.endpoint is not None and len(self.endpoint.accessed):
+            await self.index.touch(self.endpoint.accessed.drain())
 
     async def _housekeep(self) -> None:
         while True:

@@ -120,12 +120,16 @@ class NarStore:
     def size_of(self, name: str) -> int:
         return self.path_of(name).stat().st_size
 
-    def iter_names(self) -> Iterator[str]:
-        """Every cached NAR file on disk (for `cache gc`: files the index does not know)."""
+    def iter_names(self, older_than: float | None = None) -> Iterator[str]:
+        """Every cached NAR file on disk, optionally only those last modified before a time.
+
+        `cache gc` removes files the index does not know, but only old ones: a running node
+        renames a freshly baked file into place a moment before the index learns of it.
+        """
         for sub in sorted(self.root.iterdir()):
             if sub.name == ".tmp" or not sub.is_dir():
                 continue
             for f in sorted(sub.iterdir()):
                 name = f"{sub.name}/{f.name}"
-                if _NAME.match(name):
+                if _NAME.match(name) and (older_than is None or f.stat().st_mtime < older_than):
                     yield name

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import time
 
 from p2pcache.cache.index import CacheIndex
 from p2pcache.cache.nar_store import NarStore
@@ -13,6 +14,10 @@ from p2pcache.config import Config, parse_size
 from p2pcache.logs import configure_logging
 from p2pcache.metrics import NodeMetrics
 from p2pcache.progress import human_bytes
+
+# A NAR file the index does not know is removed only after this long (seconds): a running node
+# commits a file a moment before recording it in the index.
+ORPHAN_AGE = 600
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -59,7 +64,8 @@ async def gc(config: Config, max_size: int | None) -> int:
     async with CacheIndex(config.data_dir / "index.sqlite") as index:
         nar_store.prepare()
         known = await index.baked_files()
-        orphans = [name for name in nar_store.iter_names() if name not in known]
+        settled = time.time() - ORPHAN_AGE
+        orphans = [name for name in nar_store.iter_names(settled) if name not in known]
         orphan_bytes = 0
         for name in orphans:
             orphan_bytes += nar_store.size_of(name)

@@ -16,12 +16,13 @@ from __future__ import annotations
 import logging
 import os
 import re
-import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
+from p2pcache.cache.access_log import AccessLog
 from p2pcache.cache.chunk_table import decode_chunk_table
 from p2pcache.cache.chunked_zstd import iter_decompressed
 from p2pcache.cache.index import CacheIndex, IndexedItem, Origin, State
@@ -83,6 +84,7 @@ class GuixEndpoint:
         resolve_miss: Resolver | None = None,
         on_unbaked_served: Callable[[IndexedItem], None] | None = None,
         on_corrupt: Callable[[IndexedItem], None] | None = None,
+        on_missing_file: Callable[[IndexedItem], None] | None = None,
         executor: Executor | None = None,
     ) -> None:
         self.settings = settings
@@ -93,9 +95,10 @@ class GuixEndpoint:
         self.resolve_miss = resolve_miss
         self.on_unbaked_served = on_unbaked_served
         self.on_corrupt = on_corrupt
+        self.on_missing_file = on_missing_file
         self.executor = executor
-        self._hot: dict[str, RawResponse] = {}
-        self.accessed: dict[str, int] = {}
+        self._hot: OrderedDict[str, RawResponse] = OrderedDict()
+        self.accessed = AccessLog()
         ttl = settings.narinfo_ttl
         self._narinfo_headers = (("Cache-Control", f"max-age={ttl}"),)
         # The head of every narinfo 200, as render_head writes it, with a slot for the length:
@@ -157,7 +160,6 @@ class GuixEndpoint:
         hot = self._hot.get(hash_part)
         if hot is not None:
             self.metrics.narinfo_lookups.inc(_HIT)
-            self.accessed[hash_part] = int(time.time())
             return hot
         item = self.index.get(hash_part)
         if item is not None and item.state is not State.CORRUPT:
@@ -190,7 +192,6 @@ class GuixEndpoint:
         head = self._narinfo_head % len(body)
         response = RawResponse(head + body, len(head), 200, "narinfo")
         self.remember(item.hash_part, response)
-        self.accessed[item.hash_part] = int(time.time())
         return response
 
     def remember(self, hash_part: str, response: RawResponse) -> None:
@@ -198,8 +199,9 @@ class GuixEndpoint:
             return
         hot = self._hot
         if len(hot) >= self.settings.hot_narinfos:
-            # Drop the oldest entry (dicts keep insertion order): a cheap FIFO bound.
-            del hot[next(iter(hot))]
+            # Drop the oldest entry: a cheap FIFO bound. (An OrderedDict, because deleting the
+            # first key of a plain dict again and again makes finding the first key slow.)
+            hot.popitem(last=False)
         hot[hash_part] = response
 
     def forget(self, hash_part: str) -> None:
@@ -212,15 +214,17 @@ class GuixEndpoint:
         item = self.index.get(hash_part)
         if item is None or item.state is State.CORRUPT or item.basename != f"{hash_part}-{name}":
             return self._not_found
-        self.accessed[hash_part] = int(time.time())
+        self.accessed.record(hash_part)
         if item.is_baked:
             try:
                 if compressed:
                     return self._cached_file(item)
                 return self._decompressed(item)
             except NarStoreError as e:
-                log.error("%s; the index will forget it", e)
+                log.error("%s; forgetting that it was cached", e)
                 self.forget(hash_part)
+                if self.on_missing_file is not None:
+                    self.on_missing_file(item)
                 return self._not_found
         if compressed or item.origin is not Origin.STORE:
             return self._not_found

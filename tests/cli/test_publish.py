@@ -62,8 +62,12 @@ def test_cache_gc_evicts_to_a_size_and_removes_unknown_files(tmp_path, small_tes
     stray = tmp_path / "data" / "nar" / "00" / ("0" * 32 + ".zst")
     stray.parent.mkdir(exist_ok=True)
     stray.write_bytes(b"left behind")
+    fresh = stray.with_name("1" * 32 + ".zst")
+    fresh.write_bytes(b"just renamed into place by a running node")
+    os.utime(stray, (1_000_000_000, 1_000_000_000))
     r = p2pcache("cache", "gc", "--max-size", "1000", *node_args(tmp_path, small_test_store))
     assert r.returncode == 0, r.stderr
     assert not stray.exists()
+    assert fresh.exists()
     assert b"removed 1 files" in r.stdout
     assert asyncio.run(baked_count(tmp_path / "data")) < len(small_test_store.items)
