@@ -20,7 +20,7 @@ Why it looks the way it does (measured 2026-11-25 on the 2-core benchmark machin
   read describe the same file; a file that shrinks while being read is an error, as in Nix.
 * `dump_nar` hashes (and writes) in a second thread while this one reads: SHA-256 and
   `os.read` both release the GIL, so the two overlap on two cores. That is what puts the dump
-  at or above `nix-hash`'s rate instead of below it.
+  at 1.15x `nix-hash`'s rate instead of 0.9-1.0x (SHA-256 alone is 3 of nix-hash's 3.8 s).
 """
 
 from __future__ import annotations
