@@ -86,6 +86,18 @@ class Config:
     metrics_listen: ListenAddress | None = None
     host_name: str = field(default_factory=socket.gethostname)
 
+    peer_listen: ListenAddress = ListenAddress("127.0.0.1", 8081)
+    advertise_url: str | None = None
+    dht_listen: ListenAddress | None = ListenAddress("127.0.0.1", 8083)
+    bootstrap: tuple[ListenAddress, ...] = ()
+    upstreams: tuple[str, ...] = ()
+    guix_acl: Path = Path("/etc/guix/acl")
+    miss_timeout: float = 8.0
+    dht_rpc_timeout: float = 1.5
+    dht_max_per_ip: int = 2
+    dht_max_per_subnet: int = 8
+    fetch_parallel: int = 2
+
     narinfo_ttl: int = 86400
     negative_ttl: int = 60
     max_connections: int = 256
@@ -93,7 +105,7 @@ class Config:
     max_request_head: int = 16384
     idle_timeout: float = 60.0
     request_timeout: float = 30.0
-    hot_narinfos: int = 65536
+    hot_narinfos: int = 16384
 
     cache_max_size: int = 20 << 30
     zstd_level: int = 3
@@ -165,6 +177,28 @@ def _optional_listen(value: Any) -> ListenAddress | None:
     return None if value in ("", "off", None) else _listen(value)
 
 
+def _listen_list(value: Any) -> tuple[ListenAddress, ...]:
+    if not isinstance(value, list | tuple):
+        raise ValueError(f'expected a list of "HOST:PORT", got {value!r}')
+    return tuple(_listen(v) for v in value)
+
+
+def _url(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?", value):
+        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def _optional_url(value: Any) -> str | None:
+    return None if value in ("", None) else _url(value)
+
+
+def _url_list(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"expected a list of URLs, got {value!r}")
+    return tuple(_url(v) for v in value)
+
+
 def _host_name(value: Any) -> str:
     if not isinstance(value, str) or not value or ";" in value or value != value.strip():
         raise ValueError(f"expected a host name without ';' or spaces, got {value!r}")
@@ -188,6 +222,17 @@ OPTIONS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "guix_endpoint.idle_timeout": ("idle_timeout", _seconds),
     "guix_endpoint.request_timeout": ("request_timeout", _seconds),
     "guix_endpoint.hot_narinfos": ("hot_narinfos", _int_range(0, 10_000_000)),
+    "peer.listen": ("peer_listen", _listen),
+    "peer.advertise_url": ("advertise_url", _optional_url),
+    "peer.fetch_parallel": ("fetch_parallel", _int_range(1, 16)),
+    "dht.listen": ("dht_listen", _optional_listen),
+    "dht.bootstrap": ("bootstrap", _listen_list),
+    "dht.rpc_timeout": ("dht_rpc_timeout", _seconds),
+    "dht.max_per_ip": ("dht_max_per_ip", _int_range(1, 1000)),
+    "dht.max_per_subnet": ("dht_max_per_subnet", _int_range(1, 10000)),
+    "upstream.urls": ("upstreams", _url_list),
+    "trust.guix_acl": ("guix_acl", _path),
+    "guix_endpoint.miss_timeout": ("miss_timeout", _seconds),
     "admin.listen": ("admin_listen", _listen),
     "admin.metrics_listen": ("metrics_listen", _optional_listen),
     "cache.max_size": ("cache_max_size", parse_size),

@@ -12,6 +12,7 @@ from p2pcache.cache.index import (
     NewItem,
     Origin,
     State,
+    row_key,
 )
 
 HASH_A = "a" * 31 + "0"
@@ -128,3 +129,15 @@ async def test_concurrent_writers_on_one_connection_take_turns(index):
     )
     assert (await index.stats()).items == 200
     assert index.get_state("k49") == 49
+
+
+async def test_hashes_sharing_the_row_key_are_both_kept(index):
+    """The rowid is the first 60 bits of the hash; two items may share it and must not clash."""
+    first = "abcdfghijklm" + "0" * 20
+    second = "abcdfghijklm" + "1" * 20
+    assert row_key(first) == row_key(second)
+    assert await index.add_items([new_item(first)]) == 1
+    assert await index.add_items([new_item(second), new_item(first)]) == 1
+    assert index.get(first).hash_part == first
+    assert index.get(second).hash_part == second
+    assert index.get("abcdfghijklm" + "2" * 20) is None
