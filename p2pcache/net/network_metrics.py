@@ -1,0 +1,177 @@
+"""Prometheus families of the peer network, read from plain counters when scraped.
+
+The DHT keeps its own plain counters (net/dht_stats.DHTStats); transfers, the miss path and
+peer ranking report through the small `NetworkCounters` below. A custom collector turns both
+into metric families at scrape time, so the network's hot paths never touch a lock.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from p2pcache.net.dht_stats import DHTStats, SecondsHistogram
+
+MISS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@dataclass
+class NetworkCounters:
+    transfer_bytes: Counter[str] = field(default_factory=Counter)  # in, out
+    transfers: Counter[str] = field(default_factory=Counter)  # ok, failed, no-provider
+    chunk_failures: Counter[str] = field(default_factory=Counter)  # bad-chunk, bad-table, ...
+    misses: Counter[str] = field(default_factory=Counter)  # found, absent, timeout
+    miss_seconds: SecondsHistogram = field(
+        default_factory=lambda: SecondsHistogram(MISS_BUCKETS, [0] * (len(MISS_BUCKETS) + 1))
+    )
+    narinfos_refused: Counter[str] = field(default_factory=Counter)  # by reason
+    upstream_fetches: Counter[str] = field(default_factory=Counter)  # ok, failed
+
+
+def _histogram(name: str, doc: str, histogram: SecondsHistogram) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, doc)
+    running, buckets = 0, []
+    for bound, count in zip((*map(str, histogram.bounds), "+Inf"), histogram.counts, strict=True):
+        running += count
+        buckets.append((bound, running))
+    family.add_metric([], buckets, histogram.total)
+    return family
+
+
+def _counter(name: str, doc: str, label: str, values: Counter) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=[label])
+    for key, value in sorted(values.items()):
+        family.add_metric([str(key)], value)
+    return family
+
+
+class NetworkCollector(Collector):
+    def __init__(
+        self,
+        counters: NetworkCounters,
+        dht_stats: Callable[[], DHTStats | None],
+        peers: Callable[[], tuple[int, int]],
+    ) -> None:
+        self.counters = counters
+        self.dht_stats = dht_stats
+        self.peers = peers
+
+    def collect(self) -> Iterator[Metric]:
+        c = self.counters
+        yield _counter(
+            "p2pcache_transfer_bytes",
+            "Compressed NAR bytes moved between peers, by direction (in, out).",
+            "direction",
+            c.transfer_bytes,
+        )
+        yield _counter(
+            "p2pcache_transfers",
+            "NAR fetches from peers, by outcome (ok, failed, no-provider).",
+            "outcome",
+            c.transfers,
+        )
+        yield _counter(
+            "p2pcache_chunk_failures",
+            "Chunks or chunk tables from peers that failed a check, by reason.",
+            "reason",
+            c.chunk_failures,
+        )
+        yield _counter(
+            "p2pcache_miss_lookups",
+            "Narinfo misses looked up among peers and upstreams, by outcome.",
+            "outcome",
+            c.misses,
+        )
+        yield _histogram(
+            "p2pcache_miss_duration_seconds",
+            "Time to resolve a narinfo miss (peers and upstreams asked at once).",
+            c.miss_seconds,
+        )
+        yield _counter(
+            "p2pcache_narinfos_refused",
+            "Relayed narinfos not accepted, by reason (signature verdict, layout, item).",
+            "reason",
+            c.narinfos_refused,
+        )
+        yield _counter(
+            "p2pcache_upstream_fetches",
+            "NARs fetched from upstream substitute servers, by outcome.",
+            "outcome",
+            c.upstream_fetches,
+        )
+        known, banned = self.peers()
+        yield GaugeMetricFamily("p2pcache_peers_known", "Peers this node has a score for.", known)
+        yield GaugeMetricFamily(
+            "p2pcache_peers_banned", "Peers banned for sending bad data.", banned
+        )
+        stats = self.dht_stats()
+        if stats is None:
+            return
+        yield GaugeMetricFamily(
+            "p2pcache_dht_routing_table_size",
+            "Contacts in the DHT routing table.",
+            stats.routing_table_size,
+        )
+        lookups = CounterMetricFamily(
+            "p2pcache_dht_lookups",
+            "DHT lookups, by kind (providers, outputs, nodes) and outcome.",
+            labels=["kind", "outcome"],
+        )
+        for (kind, outcome), value in sorted(stats.lookups.items()):
+            lookups.add_metric([kind, outcome], value)
+        yield lookups
+        yield _histogram(
+            "p2pcache_dht_lookup_duration_seconds", "DHT lookup latency.", stats.lookup_seconds
+        )
+        for name, doc, counts in (
+            (
+                "p2pcache_dht_lookup_rounds",
+                "Crawl rounds a DHT lookup took to its end.",
+                stats.lookup_rounds,
+            ),
+            (
+                "p2pcache_dht_lookup_rounds_to_first_record",
+                "Crawl rounds until the first valid record arrived.",
+                stats.lookup_rounds_to_first,
+            ),
+        ):
+            family = HistogramMetricFamily(name, doc)
+            bounds = (1, 2, 3, 4, 5, 6, 8, 10, 15, 20)
+            buckets, running = [], 0
+            for bound in bounds:
+                running = sum(v for r, v in counts.items() if r <= bound)
+                buckets.append((str(bound), running))
+            total = sum(counts.values())
+            buckets.append(("+Inf", total))
+            family.add_metric([], buckets, sum(r * v for r, v in counts.items()))
+            yield family
+        yield CounterMetricFamily(
+            "p2pcache_dht_records_stored", "Valid DHT records stored.", stats.records_stored
+        )
+        yield _counter(
+            "p2pcache_dht_records_rejected",
+            "DHT records refused, by reason (bad signature, expired, quota, ...).",
+            "reason",
+            stats.records_rejected,
+        )
+        yield _counter(
+            "p2pcache_dht_datagrams_dropped",
+            "Incoming DHT datagrams dropped, by reason (malformed, oversize, rate limit, ...).",
+            "reason",
+            stats.datagrams_dropped,
+        )
+        yield CounterMetricFamily(
+            "p2pcache_dht_keys_announced", "Keys this node announced.", stats.keys_announced
+        )
+        yield CounterMetricFamily(
+            "p2pcache_dht_rpc_timeouts", "DHT requests that timed out.", stats.rpc_timeouts
+        )

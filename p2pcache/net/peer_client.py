@@ -1,0 +1,135 @@
+"""Client side of the peer API (protocol/peer-api.md): bounded reads, nothing believed unchecked.
+
+Every call has a size bound and a time bound. Errors come in two kinds, because they mean
+different things for ranking: `PeerUnavailable` (the peer could not be reached, timed out, or
+does not have the item: try another, no blame) and `PeerMisbehaved` (the peer answered with
+something malformed or oversized: try another and hold it against that peer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+
+from p2pcache.cache.chunk_table import (
+    MAX_CHUNKS,
+    ChunkTable,
+    ChunkTableError,
+    decode_chunk_table,
+    encoded_size,
+)
+from p2pcache.errors import P2PCacheError
+from p2pcache.net.node_info import MAX_NODE_INFO_SIZE, NodeInfo, verify_node_info
+
+MAX_PEER_NARINFO = 64 * 1024
+
+
+class PeerError(P2PCacheError):
+    """A peer did not give us what we asked for."""
+
+
+class PeerUnavailable(PeerError):
+    """The peer is unreachable, too slow, or does not hold the item (no blame)."""
+
+
+class PeerMisbehaved(PeerError):
+    """The peer sent something malformed, oversized or inconsistent (counts against it)."""
+
+
+@dataclass(frozen=True)
+class PeerLimits:
+    connect_timeout: float = 5.0
+    small_timeout: float = 5.0
+    table_timeout: float = 10.0
+    stall_timeout: float = 20.0
+    """A frames response that delivers no byte for this long is abandoned."""
+
+
+def peer_url(base: str, path: str) -> str:
+    return base.rstrip("/") + path
+
+
+class PeerClient:
+    def __init__(self, session: aiohttp.ClientSession, limits: PeerLimits | None = None) -> None:
+        self.session = session
+        self.limits = limits or PeerLimits()
+
+    async def _small(self, url: str, limit: int, timeout: float) -> bytes | None:
+        """GET a small document: None on 404, bytes otherwise (at most `limit`)."""
+        try:
+            async with asyncio.timeout(timeout):
+                async with self.session.get(url, allow_redirects=False) as response:
+                    if response.status == 404:
+                        return None
+                    if response.status != 200:
+                        raise PeerUnavailable(f"{url} answered {response.status}")
+                    declared = response.content_length
+                    if declared is not None and declared > limit:
+                        raise PeerMisbehaved(f"{url} announces {declared} bytes, over {limit}")
+                    data = await response.content.read(limit + 1)
+                    if len(data) > limit:
+                        raise PeerMisbehaved(f"{url} sent more than {limit} bytes")
+                    return data
+        except TimeoutError:
+            raise PeerUnavailable(f"{url} did not answer within {timeout} s") from None
+        except aiohttp.ClientError as e:
+            raise PeerUnavailable(f"{url}: {e}") from None
+
+    async def node_info(self, base: str) -> NodeInfo:
+        url = peer_url(base, "/p2p/v1/node")
+        data = await self._small(url, MAX_NODE_INFO_SIZE, self.limits.small_timeout)
+        if data is None:
+            raise PeerUnavailable(f"{url} has no node information")
+        try:
+            return verify_node_info(data)
+        except P2PCacheError as e:
+            raise PeerMisbehaved(f"{url}: {e}") from None
+
+    async def narinfo(self, base: str, hash_part: str) -> bytes | None:
+        url = peer_url(base, f"/p2p/v1/narinfo/{hash_part}")
+        return await self._small(url, MAX_PEER_NARINFO, self.limits.small_timeout)
+
+    async def chunk_table(self, base: str, hash_part: str) -> ChunkTable | None:
+        url = peer_url(base, f"/p2p/v1/chunks/{hash_part}")
+        data = await self._small(url, encoded_size(MAX_CHUNKS), self.limits.table_timeout)
+        if data is None:
+            return None
+        try:
+            return decode_chunk_table(data)
+        except ChunkTableError as e:
+            raise PeerMisbehaved(f"{url}: {e}") from None
+
+    async def frames(
+        self, base: str, hash_part: str, table: ChunkTable, first: int, count: int
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        """Yield (chunk index, compressed frame) for chunks first … first+count-1, in order.
+
+        `table` is this peer's own chunk table (frame sizes are per node). Frames are cut from
+        the body by those sizes; checking them is the caller's job.
+        """
+        url = peer_url(base, f"/p2p/v1/frames/{hash_part}/{first}/{count}")
+        sizes = table.frame_sizes[first : first + count]
+        stall = self.limits.stall_timeout
+        try:
+            async with asyncio.timeout(self.limits.connect_timeout + stall):
+                response = await self.session.get(url, allow_redirects=False)
+            async with response:
+                if response.status == 404:
+                    raise PeerUnavailable(f"{url}: the peer no longer has these chunks")
+                if response.status != 200:
+                    raise PeerUnavailable(f"{url} answered {response.status}")
+                if response.content_length not in (None, sum(sizes)):
+                    raise PeerMisbehaved(f"{url} announces a body that is not the frames' size")
+                for offset, size in enumerate(sizes):
+                    async with asyncio.timeout(stall):
+                        frame = await response.content.readexactly(size)
+                    yield first + offset, frame
+        except asyncio.IncompleteReadError:
+            raise PeerUnavailable(f"{url}: the connection ended inside a frame") from None
+        except TimeoutError:
+            raise PeerUnavailable(f"{url}: no data for {stall} s") from None
+        except aiohttp.ClientError as e:
+            raise PeerUnavailable(f"{url}: {e}") from None

@@ -1,0 +1,99 @@
+"""Who provides an item: DHT lookups, remembered briefly, and the narinfos providers offer.
+
+The miss path and the NAR fetch of the same item follow each other within seconds; the
+directory keeps a lookup's answer for `ttl` so the fetch does not repeat the DHT walk. Lookups
+of the same item at the same time share one walk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from p2pcache.cache.index import Origin
+from p2pcache.net.peer_client import PeerClient, PeerError, PeerMisbehaved
+from p2pcache.net.peer_ranking import PeerRanking
+from p2pcache.resolver import Candidate, NarinfoSource
+
+FindProviders = Callable[[str], Awaitable[list[str]]]
+
+
+class ProviderDirectory:
+    def __init__(self, find: FindProviders, *, ttl: float = 300.0, max_items: int = 50_000) -> None:
+        self.find = find
+        self.ttl = ttl
+        self.max_items = max_items
+        self._known: dict[str, tuple[float, list[str]]] = {}
+        self._inflight: dict[str, asyncio.Future[list[str]]] = {}
+
+    async def providers(self, hash_part: str, *, fresh: bool = False) -> list[str]:
+        now = time.monotonic()
+        known = self._known.get(hash_part)
+        if known is not None and not fresh and known[0] > now and known[1]:
+            return known[1]
+        running = self._inflight.get(hash_part)
+        if running is not None:
+            return await asyncio.shield(running)
+        future: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+        self._inflight[hash_part] = future
+        try:
+            found = await self.find(hash_part)
+        except BaseException as e:
+            future.set_exception(e)
+            future.exception()
+            raise
+        finally:
+            del self._inflight[hash_part]
+        future.set_result(found)
+        if len(self._known) >= self.max_items:
+            self._known = {h: v for h, v in self._known.items() if v[0] > now}
+            if len(self._known) >= self.max_items:
+                self._known.clear()
+        self._known[hash_part] = (now + self.ttl, found)
+        return found
+
+    def add(self, hash_part: str, provider: str) -> None:
+        """Remember a provider learned otherwise (e.g. the peer whose narinfo was accepted)."""
+        expiry, known = self._known.get(hash_part, (time.monotonic() + self.ttl, []))
+        if provider not in known:
+            self._known[hash_part] = (expiry, [provider, *known])
+
+
+def peer_narinfo_source(
+    directory: ProviderDirectory,
+    client: PeerClient,
+    ranking: PeerRanking,
+    *,
+    fanout: int = 3,
+) -> NarinfoSource:
+    """Ask the best `fanout` providers at once for the narinfo, then the next ones."""
+
+    async def source(hash_part: str) -> AsyncIterator[Candidate]:
+        providers = ranking.order(await directory.providers(hash_part))
+        pending: set[asyncio.Task[tuple[str, bytes | None]]] = set()
+
+        async def ask(provider: str) -> tuple[str, bytes | None]:
+            try:
+                return provider, await client.narinfo(provider, hash_part)
+            except PeerMisbehaved:
+                ranking.record_misbehaved(provider)
+            except PeerError:
+                ranking.record_unavailable(provider)
+            return provider, None
+
+        try:
+            queue = list(providers)
+            while queue or pending:
+                while queue and len(pending) < fanout:
+                    pending.add(asyncio.create_task(ask(queue.pop(0))))
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    provider, data = task.result()
+                    if data is not None:
+                        yield Candidate(Origin.PEER, provider, data)
+        finally:
+            for task in pending:
+                task.cancel()
+
+    return source

@@ -1,0 +1,65 @@
+"""Real peer API servers on loopback for tests, honest and otherwise."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from p2pcache.net.identity import NodeIdentity
+from p2pcache.server.admin_app import AiohttpListener
+from p2pcache.server.peer_app import PeerAPI
+from tests.seeded_cache import SeededCache
+
+
+def _range(api: PeerAPI, request: web.Request) -> tuple[bytes, list[int], int]:
+    item = api._baked(request)
+    table = api._table(item)
+    first, count = int(request.match_info["first"]), int(request.match_info["count"])
+    start = table.offsets[first]
+    end = table.offsets[first + count - 1] + table.frame_sizes[first + count - 1]
+    blob = api.nar_store.path_of(item.nar_file).read_bytes()[start:end]
+    return blob, [o - start for o in table.offsets[first : first + count]], first
+
+
+class CorruptingPeerAPI(PeerAPI):
+    """Flips a byte inside every frame it sends (wrong bytes, right lengths)."""
+
+    async def frames(self, request: web.Request) -> web.StreamResponse:
+        blob, starts, _ = _range(self, request)
+        data = bytearray(blob)
+        for start in starts:
+            data[start + 20] ^= 0xFF
+        return web.Response(body=bytes(data), content_type="application/zstd")
+
+
+class DyingPeerAPI(PeerAPI):
+    """Sends the frames of the first `good` chunks of a range and a bit more, then hangs up."""
+
+    good = 2
+
+    async def frames(self, request: web.Request) -> web.StreamResponse:
+        blob, starts, _ = _range(self, request)
+        cut = starts[self.good] + 10 if len(starts) > self.good else len(blob) // 2
+        response = web.StreamResponse(headers={"Content-Type": "application/zstd"})
+        response.content_length = len(blob)
+        await response.prepare(request)
+        await response.write(blob[:cut])
+        request.transport.close()
+        return response
+
+
+@contextlib.asynccontextmanager
+async def peer_server(
+    cache: SeededCache, host: str = "127.0.0.1", api_class: type[PeerAPI] = PeerAPI
+) -> AsyncIterator[str]:
+    api = api_class(cache.index, cache.nar_store, NodeIdentity.generate(), "")
+    listener = AiohttpListener(api.application(), host, 0)
+    await listener.start()
+    url = f"http://{host}:{listener.port}"
+    api.peer_url = url
+    try:
+        yield url
+    finally:
+        await listener.stop()

@@ -1,0 +1,141 @@
+"""Chunk transfers from several real providers: parallel, verified, failing over by index."""
+
+import hashlib
+
+import aiohttp
+import pytest
+
+from p2pcache.guix.signing_key import generate_key_pair
+from p2pcache.net.peer_client import PeerClient
+from p2pcache.net.peer_ranking import PeerRanking
+from p2pcache.net.transfer import ChunkTransfer, TransferFailed
+from p2pcache.testing import generate_test_store, remove_test_store
+from tests.net.peer_servers import CorruptingPeerAPI, DyingPeerAPI, peer_server
+from tests.seeded_cache import seed_cache
+
+
+@pytest.fixture(scope="module")
+def multichunk_store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("multichunk") / "root"
+    store = generate_test_store(root, items=12, seed=3, large_items=2, max_file_size=6 << 20)
+    yield store
+    remove_test_store(root)
+
+
+@pytest.fixture
+async def caches(tmp_path, multichunk_store):
+    """Three independent caches of the same big item (so frame sizes may differ)."""
+    item = max(multichunk_store.items, key=lambda i: i.nar_size)
+    key = generate_key_pair()
+    made = [await seed_cache(tmp_path / f"c{n}", multichunk_store, key, [item]) for n in range(3)]
+    yield item, made
+    for cache in made:
+        await cache.index.close()
+
+
+async def collect(transfer):
+    chunks = [c async for c in transfer.chunks()]
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+    return b"".join(c.data for c in chunks), chunks
+
+
+async def test_parallel_transfer_from_two_honest_providers(caches):
+    item, (a, b, _) = caches
+    async with (
+        peer_server(a, "127.0.4.1") as url_a,
+        peer_server(b, "127.0.5.1") as url_b,
+        aiohttp.ClientSession() as session,
+    ):
+        transfer = ChunkTransfer(
+            PeerClient(session), PeerRanking(), a.hash_parts[0], item.nar_size,
+            [url_a, url_b], parallel=2, batch=1,
+        )  # fmt: skip
+        data, chunks = await collect(transfer)
+    assert hashlib.sha256(data).digest() == item.nar_sha256
+    assert len(chunks) >= 4
+    assert {c.provider for c in chunks} == {url_a, url_b}
+
+
+async def test_a_lying_provider_is_penalized_and_the_transfer_completes(caches):
+    item, (a, b, _) = caches
+    ranking = PeerRanking(ban_after=3)
+    async with (
+        peer_server(a, "127.0.6.1", CorruptingPeerAPI) as liar,
+        peer_server(b, "127.0.7.1") as honest,
+        aiohttp.ClientSession() as session,
+    ):
+        transfer = ChunkTransfer(
+            PeerClient(session), ranking, a.hash_parts[0], item.nar_size,
+            [liar, honest], parallel=2, batch=2,
+        )  # fmt: skip
+        data, chunks = await collect(transfer)
+    assert hashlib.sha256(data).digest() == item.nar_sha256
+    assert {c.provider for c in chunks} == {honest}
+    assert transfer.stats.chunk_failures.get("bad-chunk", 0) >= 1
+    assert ranking.scores[liar].misbehaved >= 1
+
+
+async def test_a_provider_dying_mid_transfer_is_replaced_by_chunk_index(caches):
+    item, (a, b, _) = caches
+    async with (
+        peer_server(a, "127.0.8.1", DyingPeerAPI) as dying,
+        peer_server(b, "127.0.9.1") as honest,
+        aiohttp.ClientSession() as session,
+    ):
+        ranking = PeerRanking()
+        ranking.record_success(dying, 0.1, 10**9, 0.001)  # rank it first
+        transfer = ChunkTransfer(
+            PeerClient(session), ranking, a.hash_parts[0], item.nar_size,
+            [honest, dying], parallel=1, batch=4,
+        )  # fmt: skip
+        data, chunks = await collect(transfer)
+    assert hashlib.sha256(data).digest() == item.nar_sha256
+    providers = [c.provider for c in chunks]
+    assert providers[0] == dying and providers[-1] == honest
+    assert ranking.scores[dying].unavailable >= 1 and ranking.scores[dying].misbehaved == 0
+
+
+async def test_only_liars_fail_the_transfer_and_get_banned(caches):
+    item, (a, b, _) = caches
+    ranking = PeerRanking(ban_after=2)
+    async with (
+        peer_server(a, "127.0.10.1", CorruptingPeerAPI) as liar1,
+        peer_server(b, "127.0.11.1", CorruptingPeerAPI) as liar2,
+        aiohttp.ClientSession() as session,
+    ):
+        for _ in range(2):
+            transfer = ChunkTransfer(
+                PeerClient(session), ranking, a.hash_parts[0], item.nar_size, [liar1, liar2]
+            )
+            with pytest.raises(TransferFailed):
+                await collect(transfer)
+    assert ranking.is_banned(liar1) and ranking.is_banned(liar2)
+
+
+async def test_tables_for_another_size_or_root_are_refused(caches):
+    item, (a, _, _) = caches
+    async with peer_server(a, "127.0.12.1") as url, aiohttp.ClientSession() as session:
+        ranking = PeerRanking()
+        wrong_size = ChunkTransfer(
+            PeerClient(session), ranking, a.hash_parts[0], item.nar_size + 1, [url]
+        )
+        with pytest.raises(TransferFailed, match="usable chunk table"):
+            await collect(wrong_size)
+        wrong_root = ChunkTransfer(
+            PeerClient(session), ranking, a.hash_parts[0], item.nar_size, [url],
+            expected_root=b"\0" * 32,
+        )  # fmt: skip
+        with pytest.raises(TransferFailed):
+            await collect(wrong_root)
+        assert ranking.scores[url].misbehaved == 2
+
+
+async def test_no_provider_at_all(caches):
+    item, (a, _, _) = caches
+    async with aiohttp.ClientSession() as session:
+        transfer = ChunkTransfer(
+            PeerClient(session), PeerRanking(), a.hash_parts[0], item.nar_size,
+            ["http://127.0.13.1:9"],
+        )  # fmt: skip
+        with pytest.raises(TransferFailed):
+            await collect(transfer)
