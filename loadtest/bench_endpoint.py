@@ -160,6 +160,8 @@ def serve_argv(workdir: Path, port: int, admin: int) -> list[str]:
         "--db", str(workdir / "no-db.sqlite"),
         "--listen", f"127.0.0.1:{port}",
         "--admin-listen", f"127.0.0.1:{admin}",
+        "--peer-listen", "127.0.0.1:0",
+        "--dht-listen", "",
         "--log-level", "warning",
     ]  # fmt: skip
 

@@ -96,6 +96,7 @@ class Config:
     dht_rpc_timeout: float = 1.5
     dht_max_per_ip: int = 2
     dht_max_per_subnet: int = 8
+    announce_keys_per_second: float = 40.0
     fetch_parallel: int = 2
 
     narinfo_ttl: int = 86400
@@ -149,6 +150,12 @@ def _int_range(low: int, high: int) -> Callable[[Any], int]:
 def _seconds(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise ValueError(f"expected a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _rate(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError(f"expected a positive number per second, got {value!r}")
     return float(value)
 
 
@@ -230,6 +237,7 @@ OPTIONS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "dht.rpc_timeout": ("dht_rpc_timeout", _seconds),
     "dht.max_per_ip": ("dht_max_per_ip", _int_range(1, 1000)),
     "dht.max_per_subnet": ("dht_max_per_subnet", _int_range(1, 10000)),
+    "dht.announce_keys_per_second": ("announce_keys_per_second", _rate),
     "upstream.urls": ("upstreams", _url_list),
     "trust.guix_acl": ("guix_acl", _path),
     "guix_endpoint.miss_timeout": ("miss_timeout", _seconds),

@@ -23,6 +23,7 @@ from p2pcache.cache.index import CacheIndex, IndexedItem, Origin, State
 from p2pcache.cache.nar_store import NarStore
 from p2pcache.cache.quota import QuotaKeeper
 from p2pcache.config import Config
+from p2pcache.errors import P2PCacheError
 from p2pcache.guix.narinfo import render_signature_line, render_signed_part
 from p2pcache.guix.narinfo_signature import signature_field
 from p2pcache.guix.signing_key import (
@@ -34,6 +35,7 @@ from p2pcache.guix.signing_key import (
 )
 from p2pcache.guix.store_db import GuixStoreDatabase
 from p2pcache.metrics import NodeMetrics, status_class
+from p2pcache.network import PeerNetwork
 from p2pcache.publisher import Publisher, PublisherSettings, new_item_from_store
 from p2pcache.server.admin_app import AiohttpListener, make_admin_app, make_metrics_app
 from p2pcache.server.guix_endpoint import EndpointSettings, GuixEndpoint
@@ -80,21 +82,31 @@ class Node:
         self.endpoint: GuixEndpoint | None = None
         self.http: HTTPServer | None = None
         self.quota: QuotaKeeper | None = None
+        self.network: PeerNetwork | None = None
         self._listeners: list[AiohttpListener] = []
         self._tasks: set[asyncio.Task] = set()
         self._housekeeping: asyncio.Task | None = None
         self.started_at = 0.0
+        self._stopped = False
 
     # -- life cycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Start every part; if one fails, stop those already started, then raise."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         config = self.config
         config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.key = ensure_signing_key(config)
         await self.index.open()
         self.nar_store.prepare()
         self.quota = QuotaKeeper(
-            self.index, self.nar_store, config.cache_max_size, self.metrics, self._forget
+            self.index, self.nar_store, config.cache_max_size, self.metrics, self._evicted
         )
         self.publisher = Publisher(
             PublisherSettings.from_config(config),
@@ -126,7 +138,6 @@ class Node:
             (config.data_dir / PUBLIC_KEY_FILE).read_bytes(),
             self._sign_item,
             self.metrics,
-            resolve_miss=self._resolve_miss if self.publisher.available else None,
             on_unbaked_served=self.publisher.enqueue_item,
             on_corrupt=self._store_item_corrupt,
             on_missing_file=self._cached_file_missing,
@@ -140,10 +151,22 @@ class Node:
             idle_timeout=config.idle_timeout,
             head_timeout=config.request_timeout,
         )
+        self.network = PeerNetwork(
+            config,
+            self.index,
+            self.nar_store,
+            self.metrics,
+            io_executor=self.io_executor,
+            compress_executor=self.compress_executor,
+            on_cached=lambda item: self._item_changed(item.hash_part),
+        )
+        await self.network.start()
+        self.endpoint.resolve_miss = self._resolve_miss
+        self.endpoint.remote_stream = self.network.stream_item
         self.http = HTTPServer(self.endpoint.handle, limits, self._observe)
         await self.http.start(config.listen.host, config.listen.port)
         admin = AiohttpListener(
-            make_admin_app(self.metrics.registry, self.status),
+            make_admin_app(self.metrics.registry, self.status, self.network.which),
             config.admin_listen.host,
             config.admin_listen.port,
         )
@@ -168,6 +191,10 @@ class Node:
         )
 
     async def stop(self) -> None:
+        """Stop every part that was started, in reverse order; a second call does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
         if self._housekeeping is not None:
             self._housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -177,6 +204,8 @@ class Node:
         for listener in self._listeners:
             await listener.stop()
         self._listeners.clear()
+        if self.network is not None:
+            await self.network.stop()
         if self.publisher is not None:
             await self.publisher.stop()
         for task in list(self._tasks):
@@ -228,22 +257,56 @@ class Node:
         return replace(item, signed_part=signed, signature=line)
 
     async def _resolve_miss(self, hash_part: str) -> IndexedItem | None:
-        """An item the index does not know yet: maybe the store has it (before the sync)."""
-        assert self.publisher is not None
-        info = await self.publisher.store_db.find_by_hash_part(hash_part)
-        if info is None or info.nar_size is None:
-            return None
-        await self.index.add_items([new_item_from_store(info)])
-        return self.index.get(hash_part)
+        """An item the index does not know: the local store first (before its sync has
+        reached it), then the peer network and the upstream servers."""
+        assert self.publisher is not None and self.network is not None
+        if self.publisher.available:
+            info = await self.publisher.store_db.find_by_hash_part(hash_part)
+            if info is not None and info.nar_size is not None:
+                await self.index.add_items([new_item_from_store(info)])
+                return self.index.get(hash_part)
+        return await self.network.resolve(hash_part)
 
     def _forget(self, hash_part: str) -> None:
         if self.endpoint is not None:
             self.endpoint.forget(hash_part)
 
+    def _evicted(self, hash_part: str) -> None:
+        self._forget(hash_part)
+        if self.network is not None:
+            self.network.withdraw([hash_part])
+
     def _item_changed(self, hash_part: str) -> None:
         self._forget(hash_part)
+        item = self.index.get(hash_part)
+        if item is not None and item.is_baked:
+            if item.signed_part is None or item.signature is None:
+                self._sign_item(item)  # peers are offered only signed narinfos
+            if self.network is not None:
+                self.network.announce([hash_part])
+                if item.origin is Origin.STORE and item.deriver:
+                    self._spawn(self._announce_outputs(item.deriver))
         if self.quota is not None:
             self.quota.request_check()
+
+    async def _announce_outputs(self, deriver: str) -> None:
+        """Announce the outputs of a derivation that this node holds in its cache, so that
+        `p2pcache which DRV` finds them before anyone asks for an output path."""
+        assert self.publisher is not None and self.network is not None
+        if not self.publisher.available:
+            return
+        drv_path = f"{self.config.store_dir}/{deriver}"
+        try:
+            outputs = await self.publisher.store_db.derivation_outputs(drv_path)
+        except P2PCacheError as e:
+            log.info("could not read the outputs of %s: %s", drv_path, e)
+            return
+        held = {}
+        for name, path in outputs.items():
+            cached = self.index.get(path.rsplit("/", 1)[-1][:32])
+            if cached is not None and cached.is_baked:
+                held[name] = path
+        self.network.announce_outputs(deriver[:32], held)
 
     def _store_item_corrupt(self, item: IndexedItem) -> None:
         self.metrics.store_corrupt.inc()

@@ -22,17 +22,19 @@ asked for falls back to the unique index on the hash.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import TypeVar
 
 import aiosqlite
 
 from p2pcache.errors import P2PCacheError
+
+T = TypeVar("T")
 
 
 class CacheIndexError(P2PCacheError):
@@ -194,23 +196,33 @@ class CacheIndex:
         # One connection serves every writer coroutine: a transaction must not interleave
         # with another coroutine's statements, so writes take turns.
         self._write_lock = asyncio.Lock()
+        self._pending: set[asyncio.Task] = set()
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = await aiosqlite.connect(self.path, isolation_level=None)
-        await self._writer.execute("PRAGMA journal_mode=WAL")
-        await self._writer.execute("PRAGMA synchronous=NORMAL")
-        await self._writer.execute("PRAGMA busy_timeout=10000")
-        await self._migrate()
-        # The reader lives on the event loop's thread; it never writes and never waits long
-        # (WAL readers do not block on the writer).
-        self._reader = sqlite3.connect(
-            f"file:{self.path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None
-        )
-        self._reader.execute(f"PRAGMA cache_size=-{int(self._read_cache_kib)}")
-        self._reader.execute("PRAGMA busy_timeout=1000")
+        try:
+            await self._writer.execute("PRAGMA journal_mode=WAL")
+            await self._writer.execute("PRAGMA synchronous=NORMAL")
+            await self._writer.execute("PRAGMA busy_timeout=10000")
+            await self._migrate()
+            # The reader lives on the event loop's thread; it never writes and never waits
+            # long (WAL readers do not block on the writer).
+            self._reader = sqlite3.connect(
+                f"file:{self.path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None
+            )
+            self._reader.execute(f"PRAGMA cache_size=-{int(self._read_cache_kib)}")
+            self._reader.execute("PRAGMA busy_timeout=1000")
+        except BaseException:
+            # aiosqlite's thread is not a daemon: an unclosed connection would keep the
+            # process from exiting.
+            await self.close()
+            raise
 
     async def close(self) -> None:
+        if self._pending:
+            # Let transactions whose callers were cancelled finish before the connection goes.
+            await asyncio.gather(*self._pending, return_exceptions=True)
         if self._reader is not None:
             self._reader.close()
             self._reader = None
@@ -244,7 +256,14 @@ class CacheIndex:
         for version, dated, description, sql in MIGRATIONS:
             if version <= current:
                 continue
-            async with self._transaction() as db:
+
+            async def migrate(
+                db: aiosqlite.Connection,
+                version=version,
+                dated=dated,
+                description=description,
+                sql=sql,
+            ) -> None:
                 for statement in filter(str.strip, sql.split(";")):
                     await db.execute(statement)
                 await db.execute(
@@ -252,27 +271,42 @@ class CacheIndex:
                     (version, dated, description, int(time.time())),
                 )
 
-    @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """The writer connection inside BEGIN/COMMIT (ROLLBACK on error), taken in turn.
+            await self._transaction(migrate)
 
+    async def _transaction(self, body: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+        """Run `body` on the writer connection inside BEGIN/COMMIT (ROLLBACK on error).
+
+        Transactions take turns (one connection serves every coroutine) and each runs as its
+        own shielded task: a caller cancelled halfway (a node stopping) must not leave BEGIN
+        executed in aiosqlite's thread without its COMMIT or ROLLBACK, or the next
+        transaction fails with "cannot start a transaction within a transaction".
         IMMEDIATE takes the write lock up front, so a transaction never has to upgrade a read
         lock while another process (`p2pcache publish` beside `serve`) writes: that upgrade
         is the one case SQLite's busy timeout cannot wait out.
         """
         db = self._require_writer()
-        async with self._write_lock:
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
-            await db.execute("COMMIT")
+
+        async def run() -> T:
+            async with self._write_lock:
+                await db.execute("BEGIN IMMEDIATE")
+                try:
+                    result = await body(db)
+                except BaseException:
+                    await db.execute("ROLLBACK")
+                    raise
+                await db.execute("COMMIT")
+                return result
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        return await asyncio.shield(task)
 
     async def _write(self, sql: str, params: Sequence = ()) -> None:
-        async with self._transaction() as db:
+        async def body(db: aiosqlite.Connection) -> None:
             await db.execute(sql, params)
+
+        await self._transaction(body)
 
     def _require_writer(self) -> aiosqlite.Connection:
         if self._writer is None:
@@ -346,7 +380,8 @@ class CacheIndex:
             " deriver, origin, state, store_id, signed_part, signature, added_at,"
             " last_access) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         )
-        async with self._transaction() as db:
+
+        async def body(db: aiosqlite.Connection) -> int:
             before = db.total_changes
             await db.executemany(insert, rows)
             if db.total_changes - before < len(rows):
@@ -364,6 +399,8 @@ class CacheIndex:
                 colliding = [(None, *r[1:]) for r in rows if r[1] not in known]
                 await db.executemany(insert, colliding)
             return db.total_changes - before
+
+        return await self._transaction(body)
 
     async def set_signature(self, hash_part: str, signed_part: bytes, signature: bytes) -> None:
         await self._write(
@@ -404,20 +441,25 @@ class CacheIndex:
         )
 
     async def remove(self, hash_parts: Sequence[str]) -> None:
-        async with self._transaction() as db:
+        async def body(db: aiosqlite.Connection) -> None:
             await db.executemany(
                 "DELETE FROM items WHERE hash_part = ?", [(h,) for h in hash_parts]
             )
+
+        await self._transaction(body)
 
     async def touch(self, accessed: dict[str, int]) -> None:
         """Record last-access times (batched by the caller: one write per flush, not per hit)."""
         if not accessed:
             return
-        async with self._transaction() as db:
+
+        async def body(db: aiosqlite.Connection) -> None:
             await db.executemany(
                 "UPDATE items SET last_access = max(last_access, ?) WHERE hash_part = ?",
                 [(t, h) for h, t in accessed.items()],
             )
+
+        await self._transaction(body)
 
     # -- maintenance (asynchronous reads on the writer's thread) ------------------------------
 

@@ -22,6 +22,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--listen", metavar="HOST:PORT", help="Guix endpoint (default 127.0.0.1:8080)")
     p.add_argument("--admin-listen", metavar="HOST:PORT", help="admin (default 127.0.0.1:8082)")
     p.add_argument("--metrics-listen", metavar="HOST:PORT", help="/metrics alone (default off)")
+    p.add_argument("--peer-listen", metavar="HOST:PORT", help="peer API (default 127.0.0.1:8081)")
+    p.add_argument("--advertise-url", metavar="URL", help="public URL of the peer listener")
+    p.add_argument(
+        "--dht-listen", metavar="HOST:PORT", help='Kademlia, UDP (default 127.0.0.1:8083; "" off)'
+    )
+    p.add_argument(
+        "--bootstrap", action="append", metavar="HOST:PORT", help="a DHT node to join through"
+    )
+    p.add_argument(
+        "--upstream", action="append", metavar="URL", help="a substitute server to fall back to"
+    )
+    p.add_argument("--guix-acl", metavar="FILE", help="Guix keys to accept (default /etc/guix/acl)")
     p.set_defaults(func=run_serve)
 
 
@@ -32,6 +44,12 @@ def run_serve(args: argparse.Namespace) -> int:
             "guix_endpoint.listen": args.listen,
             "admin.listen": args.admin_listen,
             "admin.metrics_listen": args.metrics_listen,
+            "peer.listen": args.peer_listen,
+            "peer.advertise_url": args.advertise_url,
+            "dht.listen": args.dht_listen,
+            "dht.bootstrap": args.bootstrap,
+            "upstream.urls": args.upstream,
+            "trust.guix_acl": args.guix_acl,
         },
     )
     configure_logging(config.log_level, config.log_format)

@@ -6,11 +6,14 @@ scrapes the separate metrics-only listener instead, which serves nothing but /me
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+_NIX32_HASH = re.compile(r"[0-9a-df-np-sv-z]{32}")
 
 StatusProvider = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -33,7 +36,11 @@ def make_metrics_app(registry: CollectorRegistry) -> web.Application:
     return app
 
 
-def make_admin_app(registry: CollectorRegistry, status: StatusProvider) -> web.Application:
+def make_admin_app(
+    registry: CollectorRegistry,
+    status: StatusProvider,
+    which: Callable[[str], Awaitable[list[dict[str, Any]]]] | None = None,
+) -> web.Application:
     app = web.Application()
     app.router.add_get("/metrics", metrics_handler(registry))
 
@@ -43,8 +50,15 @@ def make_admin_app(registry: CollectorRegistry, status: StatusProvider) -> web.A
     async def status_json(request: web.Request) -> web.Response:
         return web.json_response(await status())
 
+    async def which_json(request: web.Request) -> web.Response:
+        drv_hash = request.match_info["hash"]
+        if which is None or not _NIX32_HASH.fullmatch(drv_hash):
+            return web.json_response({"error": "not a derivation hash"}, status=404)
+        return web.json_response({"derivation": drv_hash, "holders": await which(drv_hash)})
+
     app.router.add_get("/healthz", health)
     app.router.add_get("/api/v1/status", status_json)
+    app.router.add_get("/api/v1/which/{hash}", which_json)
     return app
 
 

@@ -85,6 +85,7 @@ class GuixEndpoint:
         on_unbaked_served: Callable[[IndexedItem], None] | None = None,
         on_corrupt: Callable[[IndexedItem], None] | None = None,
         on_missing_file: Callable[[IndexedItem], None] | None = None,
+        remote_stream: Callable[[IndexedItem], AsyncIterator[bytes]] | None = None,
         executor: Executor | None = None,
     ) -> None:
         self.settings = settings
@@ -96,6 +97,7 @@ class GuixEndpoint:
         self.on_unbaked_served = on_unbaked_served
         self.on_corrupt = on_corrupt
         self.on_missing_file = on_missing_file
+        self.remote_stream = remote_stream
         self.executor = executor
         self._hot: OrderedDict[str, RawResponse] = OrderedDict()
         self.accessed = AccessLog()
@@ -226,9 +228,21 @@ class GuixEndpoint:
                 if self.on_missing_file is not None:
                     self.on_missing_file(item)
                 return self._not_found
-        if compressed or item.origin is not Origin.STORE:
+        if compressed:
             return self._not_found
-        return self._from_store(item)
+        if item.origin is Origin.STORE:
+            return self._from_store(item)
+        if self.remote_stream is None:
+            return self._not_found
+        return self._from_remote(item)
+
+    def _from_remote(self, item: IndexedItem) -> StreamResponse:
+        """An accepted item not cached yet: fetched from peers or upstream while it is sent."""
+        assert self.remote_stream is not None
+        self.metrics.nar_bytes_served.inc(("none",), item.nar_size)
+        return StreamResponse(
+            self.remote_stream(item), item.nar_size, NAR_TYPE, self._nar_headers(), label="nar"
+        )
 
     def _cached_file(self, item: IndexedItem) -> FileResponse:
         fd = self.nar_store.open(item.nar_file)

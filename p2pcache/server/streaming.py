@@ -49,3 +49,19 @@ async def iterate_in_thread(
         with contextlib.suppress(Exception, asyncio.CancelledError):
             await asyncio.shield(pending)
             await loop.run_in_executor(executor, close)
+
+
+async def hold_back_last(pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Pass `pieces` on, but the last one only once the source has ended without error.
+
+    For a stream whose final check (the whole NAR's hash) happens when it ends: a client must
+    never receive a complete-looking body that failed that check, so the last piece waits
+    for it; if the source raises, the stream fails short of its declared length.
+    """
+    held: bytes | None = None
+    async for piece in pieces:
+        if held is not None:
+            yield held
+        held = piece
+    if held is not None:
+        yield held

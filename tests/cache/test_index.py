@@ -1,6 +1,7 @@
 """The cache index: migrations, synchronous reads beside asynchronous writes, LRU order."""
 
 import asyncio
+import contextlib
 import sqlite3
 
 import pytest
@@ -141,3 +142,17 @@ async def test_hashes_sharing_the_row_key_are_both_kept(index):
     assert index.get(first).hash_part == first
     assert index.get(second).hash_part == second
     assert index.get("abcdfghijklm" + "2" * 20) is None
+
+
+async def test_a_cancelled_writer_leaves_no_transaction_open(index):
+    """A node stopping cancels writers mid-way; the next transaction must still work."""
+    for step in range(6):
+        task = asyncio.create_task(index.add_items([new_item(HASH_A)]))
+        for _ in range(step):
+            await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await index.set_state("after", step)
+        assert index.get_state("after") == step
+    assert index.get(HASH_A) is not None

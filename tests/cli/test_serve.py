@@ -43,6 +43,9 @@ def test_serve_answers_and_stops_cleanly(tmp_path, test_store):
             "--db", str(test_store.db_path),
             "--listen", "127.0.0.1:0",
             "--admin-listen", "127.0.0.1:0",
+            "--peer-listen", "127.0.0.1:0",
+            "--dht-listen", "127.0.0.1:0",
+            "--guix-acl", str(tmp_path / "acl"),
         ]
     )  # fmt: skip
     try:
@@ -73,6 +76,8 @@ def test_serve_without_guix_says_so_once_and_runs(tmp_path):
             "--db", str(tmp_path / "no-db.sqlite"),
             "--listen", "127.0.0.1:0",
             "--admin-listen", "127.0.0.1:0",
+            "--peer-listen", "127.0.0.1:0",
+            "--dht-listen", "",
             "--log-format", "json",
         ]
     )  # fmt: skip

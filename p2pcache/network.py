@@ -1,0 +1,356 @@
+"""The node's part in the peer network: identity, DHT, peer API, miss path and transfers.
+
+`PeerNetwork` owns everything that talks to other machines, so the node can start and stop it
+as one piece: the node's Ed25519 identity, the DHT node (announcing what the cache holds,
+finding who holds the rest), the peer listener (serving chunks to others), the HTTP client
+session shared by the peer client and the upstream client, the miss resolver (peers and
+upstreams asked at once, a narinfo accepted only if signed by a key in the Guix ACL), and the
+fetchers that bring an accepted item into the cache while Guix receives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
+
+import aiohttp
+
+from p2pcache.cache.index import CacheIndex, IndexedItem, Origin
+from p2pcache.cache.nar_store import NarStore
+from p2pcache.config import Config
+from p2pcache.errors import P2PCacheError
+from p2pcache.fetcher import FetchSettings, ItemFetcher
+from p2pcache.guix.signing_key import GuixPublicKey, parse_acl
+from p2pcache.metrics import NodeMetrics
+from p2pcache.net.announcer import Announcer, AnnouncerConfig
+from p2pcache.net.dht import DHTConfig, DHTNode
+from p2pcache.net.dht_routing import ContactLimits
+from p2pcache.net.identity import NodeIdentity, load_or_create_identity
+from p2pcache.net.network_metrics import NetworkCollector, NetworkCounters
+from p2pcache.net.peer_client import PeerClient
+from p2pcache.net.peer_ranking import PeerRanking
+from p2pcache.net.providers import ProviderDirectory, peer_narinfo_source
+from p2pcache.net.upstream import UpstreamClient
+from p2pcache.net.upstream_narinfo import UpstreamNarinfo, preferred_groups
+from p2pcache.resolver import Candidate, MissResolver, ResolverSettings
+from p2pcache.server.admin_app import AiohttpListener
+from p2pcache.server.peer_app import PeerAPI
+from p2pcache.server.streaming import hold_back_last
+
+log = logging.getLogger(__name__)
+
+# Cached items read from the index per page when queueing them all for announcing.
+ANNOUNCE_PAGE = 10_000
+
+
+def load_guix_acl(path) -> list[GuixPublicKey]:
+    """The Guix keys this node accepts; a missing ACL file means none (said in the log)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        log.warning(
+            "no Guix ACL at %s: narinfos from peers and upstreams will be accepted only once "
+            "their signing keys are authorized (guix archive --authorize, or trust.guix_acl)",
+            path,
+        )
+        return []
+    except OSError as e:
+        raise P2PCacheError(f"cannot read the Guix ACL {path}: {e.strerror}") from None
+    try:
+        return parse_acl(data)
+    except P2PCacheError as e:
+        raise P2PCacheError(f"the Guix ACL {path} is not usable: {e}") from None
+
+
+class PeerNetwork:
+    def __init__(
+        self,
+        config: Config,
+        index: CacheIndex,
+        nar_store: NarStore,
+        metrics: NodeMetrics,
+        *,
+        io_executor: Executor,
+        compress_executor: Executor,
+        on_cached: Callable[[IndexedItem], None],
+    ) -> None:
+        self.config = config
+        self.index = index
+        self.nar_store = nar_store
+        self.metrics = metrics
+        self.io_executor = io_executor
+        self.compress_executor = compress_executor
+        self.on_cached = on_cached
+        self.identity: NodeIdentity | None = None
+        self.dht: DHTNode | None = None
+        self.session: aiohttp.ClientSession | None = None
+        self.upstream: UpstreamClient | None = None
+        self.ranking = PeerRanking()
+        self.directory = ProviderDirectory(self._find_providers)
+        self.resolver: MissResolver | None = None
+        self.fetcher: ItemFetcher | None = None
+        self.peer_url = ""
+        self._peer_listener: AiohttpListener | None = None
+        self._upstream_narinfos: dict[str, UpstreamNarinfo] = {}
+        self.announcer: Announcer | None = None
+        self._tasks: list[asyncio.Task] = []
+        self.counters = NetworkCounters()
+        metrics.registry.register(
+            NetworkCollector(
+                self.counters,
+                lambda: self.dht.stats if self.dht is not None else None,
+                lambda: (len(self.ranking.scores), self.ranking.banned_count()),
+            )
+        )
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        config = self.config
+        self.identity = load_or_create_identity(config.data_dir)
+        acl = load_guix_acl(config.guix_acl)
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=256, limit_per_host=16),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+        )
+        self.upstream = UpstreamClient(self.session, store_dir=config.store_dir)
+        await self.upstream.start()
+        client = PeerClient(self.session)
+        api = PeerAPI(
+            self.index,
+            self.nar_store,
+            self.identity,
+            "",
+            executor=self.io_executor,
+            on_served=lambda hash_part, nbytes: self.counters.transfer_bytes.update(out=nbytes),
+        )
+        self._peer_listener = AiohttpListener(
+            api.application(), config.peer_listen.host, config.peer_listen.port
+        )
+        await self._peer_listener.start()
+        self.peer_url = config.advertise_url or (
+            f"http://{config.peer_listen.host}:{self._peer_listener.port}"
+        )
+        api.peer_url = self.peer_url
+        if config.dht_listen is not None:
+            self.dht = DHTNode(
+                self.identity,
+                DHTConfig(
+                    rpc_timeout=config.dht_rpc_timeout,
+                    contact_limits=ContactLimits(
+                        max_per_ip=config.dht_max_per_ip,
+                        max_per_subnet=config.dht_max_per_subnet,
+                    ),
+                ),
+                state_file=config.data_dir / "dht-neighbours.json",
+            )
+            await self.dht.start(
+                config.dht_listen.host,
+                config.dht_listen.port,
+                [(b.host, b.port) for b in config.bootstrap],
+            )
+        sources = [peer_narinfo_source(self.directory, client, self.ranking)]
+        if config.upstreams:
+            sources.append(self._upstream_source)
+        self.resolver = MissResolver(
+            self.index,
+            acl,
+            sources,
+            ResolverSettings(store_dir=config.store_dir, timeout=config.miss_timeout),
+            on_outcome=self._miss_outcome,
+            on_rejected=lambda reason: self.counters.narinfos_refused.update([reason]),
+        )
+        self.fetcher = ItemFetcher(
+            self.index,
+            self.nar_store,
+            client,
+            self.ranking,
+            self.directory.providers,
+            executor=self.io_executor,
+            settings=FetchSettings(parallel=config.fetch_parallel),
+            on_cached=self._cached,
+            on_transfer=self._transfer_outcome,
+        )
+        if self.dht is not None:
+            self.announcer = Announcer(
+                self.dht,
+                self.peer_url,
+                AnnouncerConfig(keys_per_second=config.announce_keys_per_second),
+            )
+            await self.announcer.start()
+            self._tasks.append(asyncio.create_task(self._announce_existing(), name="announce"))
+        log.info(
+            "peer API on %s (advertised as %s)%s",
+            f"{config.peer_listen.host}:{self._peer_listener.port}",
+            self.peer_url,
+            f", DHT on {self.dht.address[0]}:{self.dht.address[1]} (UDP)" if self.dht else "",
+        )
+
+    def _miss_outcome(self, outcome: str, seconds: float) -> None:
+        self.counters.misses[outcome] += 1
+        self.counters.miss_seconds.observe(seconds)
+
+    def _transfer_outcome(self, outcome: str, nbytes: int, failures: dict[str, int]) -> None:
+        self.counters.transfers[outcome] += 1
+        self.counters.transfer_bytes["in"] += nbytes
+        self.counters.chunk_failures.update(failures)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self.announcer is not None:
+            await self.announcer.stop()
+        if self._peer_listener is not None:
+            await self._peer_listener.stop()
+        if self.dht is not None:
+            await self.dht.stop()
+        if self.upstream is not None:
+            await self.upstream.stop()
+        if self.session is not None:
+            await self.session.close()
+
+    @property
+    def peer_port(self) -> int:
+        assert self._peer_listener is not None
+        return self._peer_listener.port
+
+    # -- finding ------------------------------------------------------------------------------
+
+    async def _find_providers(self, hash_part: str) -> list[str]:
+        if self.dht is None:
+            return []
+        result = await self.dht.find_providers(hash_part)
+        own = self.identity.public_key if self.identity else b""
+        endpoints = [r.record.endpoint for r in result.records if r.record.public_key != own]
+        return list(dict.fromkeys(endpoints))
+
+    async def _upstream_source(self, hash_part: str) -> AsyncIterator[Candidate]:
+        """Every configured upstream asked at once; narinfos yielded as they arrive."""
+        assert self.upstream is not None
+        upstream = self.upstream
+
+        async def ask(url: str) -> tuple[str, UpstreamNarinfo | None]:
+            try:
+                return url, await upstream.fetch_narinfo(url, hash_part)
+            except P2PCacheError as e:
+                log.info("upstream %s could not answer for %s: %s", url, hash_part, e)
+                return url, None
+
+        pending = {asyncio.create_task(ask(url)) for url in self.config.upstreams}
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    url, narinfo = task.result()
+                    # An item offered only in compressions we cannot decode (lzip) is not
+                    # promised to Guix at all (preferred_groups says so in the log).
+                    if narinfo is not None and preferred_groups(narinfo.narinfo):
+                        if len(self._upstream_narinfos) > 10_000:
+                            self._upstream_narinfos.clear()
+                        self._upstream_narinfos[hash_part] = narinfo
+                        yield Candidate(Origin.UPSTREAM, url, narinfo.raw)
+        finally:
+            for task in pending:
+                task.cancel()
+
+    async def resolve(self, hash_part: str) -> IndexedItem | None:
+        assert self.resolver is not None
+        resolution = await self.resolver.resolution(hash_part)
+        if resolution is None:
+            return None
+        if resolution.origin is Origin.PEER:
+            self.directory.add(hash_part, resolution.source)
+        return resolution.item
+
+    # -- bringing items in --------------------------------------------------------------------
+
+    def stream_item(self, item: IndexedItem) -> AsyncIterator[bytes]:
+        """The NAR of an accepted item the cache does not hold yet, fetched as it is sent."""
+        if item.origin is Origin.UPSTREAM:
+            return self._from_upstream(item)
+        assert self.fetcher is not None
+        return self.fetcher.stream(item)
+
+    async def _from_upstream(self, item: IndexedItem) -> AsyncIterator[bytes]:
+        assert self.upstream is not None and self.resolver is not None
+        resolution = self.resolver.accepted_from.get(item.hash_part)
+        narinfo = self._upstream_narinfos.get(item.hash_part)
+        if resolution is None or narinfo is None:
+            raise P2PCacheError(f"{item.store_path}: its upstream is no longer known; ask again")
+        async with self.upstream.tee_into_cache(
+            resolution.source,
+            narinfo,
+            self.nar_store,
+            level=self.config.zstd_level,
+            executor=self.compress_executor,
+        ) as tee:
+            async for piece in hold_back_last(tee):
+                yield piece
+        try:
+            result = await tee.result()
+        except P2PCacheError:
+            self.counters.upstream_fetches["failed"] += 1
+            raise
+        self.counters.upstream_fetches["ok"] += 1
+        table = result.table
+        await self.index.mark_baked(
+            item.hash_part, result.nar_file, table.file_size, table.encode(), table.root
+        )
+        cached = self.index.get(item.hash_part)
+        if cached is not None:
+            self._cached(cached)
+
+    def _cached(self, item: IndexedItem) -> None:
+        """A fetched item is in the cache: the node drops its stale narinfo and announces it."""
+        self.on_cached(item)
+
+    # -- announcing ---------------------------------------------------------------------------
+
+    def announce(self, hash_parts: list[str]) -> None:
+        """New items in the cache: announced first, within the announcing budget."""
+        if self.announcer is not None:
+            self.announcer.add_new(hash_parts)
+
+    def withdraw(self, hash_parts: list[str]) -> None:
+        """Items gone from the cache: no longer re-announced (their records expire)."""
+        if self.announcer is not None:
+            self.announcer.withdraw(hash_parts)
+
+    def announce_outputs(self, drv_hash_part: str, outputs: dict[str, str]) -> None:
+        """Announce which outputs (name -> store path) of a derivation this node holds."""
+        if self.announcer is not None and outputs:
+            self.announcer.add_outputs(drv_hash_part, outputs, new=True)
+
+    async def which(self, drv_hash_part: str) -> list[dict]:
+        """Who holds outputs of this derivation: one entry per node, from the DHT."""
+        if self.dht is None:
+            return []
+        result = await self.dht.find_outputs(drv_hash_part)
+        return [
+            {
+                "node_id": r.record.node_id.hex(),
+                "endpoint": r.record.endpoint,
+                "outputs": dict(r.record.outputs),
+                "expires": r.record.expires,
+            }
+            for r in result.records
+        ]
+
+    async def _announce_existing(self) -> None:
+        """At start, queue everything the cache holds (the DHT forgets after a day); new
+        items go before these."""
+        after = ""
+        while self.announcer is not None:
+            page = await self.index.baked_hash_parts(after, ANNOUNCE_PAGE)
+            if not page:
+                return
+            self.announcer.add_existing(page)
+            after = page[-1]

@@ -1,0 +1,211 @@
+"""The miss path: finding a narinfo the cache does not have, among peers and upstream servers.
+
+A narinfo request for an unknown item asks every source at once (the DHT's providers, then
+each provider's narinfo; the configured upstream servers), bounded in time, and takes the
+first narinfo the node accepts (net: signed by a key in the Guix ACL, for the requested
+item, in the current layout). Pipelined misses resolve concurrently, up to a bound, and the
+same item asked twice at once is looked up once. A miss is remembered for a short time so a
+burst of requests for an absent item costs one lookup; a slow lookup is never turned into a
+long-cached 404 (the endpoint's 404 max-age stays short).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from p2pcache.cache.index import CacheIndex, IndexedItem, NewItem, Origin
+from p2pcache.errors import P2PCacheError
+from p2pcache.guix.signing_key import GuixPublicKey
+from p2pcache.trust.narinfo_acceptance import (
+    AcceptedNarinfo,
+    NarinfoRejected,
+    accept_relayed_narinfo,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A narinfo offered by a source, not yet judged."""
+
+    origin: Origin
+    source: str
+    """The peer's or the upstream server's URL."""
+    data: bytes
+
+
+NarinfoSource = Callable[[str], AsyncIterator[Candidate]]
+
+
+@dataclass(frozen=True)
+class ResolverSettings:
+    store_dir: str = "/gnu/store"
+    timeout: float = 8.0
+    negative_ttl: float = 20.0
+    max_concurrent: int = 256
+    max_negative: int = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    item: IndexedItem
+    origin: Origin
+    source: str
+
+
+class MissResolver:
+    def __init__(
+        self,
+        index: CacheIndex,
+        acl: list[GuixPublicKey],
+        sources: list[NarinfoSource],
+        settings: ResolverSettings | None = None,
+        *,
+        on_outcome: Callable[[str, float], None] = lambda outcome, seconds: None,
+        on_rejected: Callable[[str], None] = lambda reason: None,
+    ) -> None:
+        self.index = index
+        self.acl = acl
+        self.sources = sources
+        self.settings = settings or ResolverSettings()
+        self.on_outcome = on_outcome
+        self.on_rejected = on_rejected
+        self._limit = asyncio.Semaphore(self.settings.max_concurrent)
+        self._inflight: dict[str, asyncio.Future[Resolution | None]] = {}
+        self._absent: dict[str, float] = {}
+        self.accepted_from: dict[str, Resolution] = {}
+
+    async def resolve(self, hash_part: str) -> IndexedItem | None:
+        resolution = await self.resolution(hash_part)
+        return resolution.item if resolution else None
+
+    async def resolution(self, hash_part: str) -> Resolution | None:
+        now = time.monotonic()
+        until = self._absent.get(hash_part)
+        if until is not None:
+            if until > now:
+                return None
+            del self._absent[hash_part]
+        running = self._inflight.get(hash_part)
+        if running is not None:
+            return await asyncio.shield(running)
+        future: asyncio.Future[Resolution | None] = asyncio.get_running_loop().create_future()
+        self._inflight[hash_part] = future
+        try:
+            result = await self._lookup(hash_part)
+        except BaseException as e:
+            future.set_exception(e)
+            future.exception()  # retrieved: waiters get it, no "never retrieved" warning
+            raise
+        else:
+            future.set_result(result)
+            return result
+        finally:
+            del self._inflight[hash_part]
+
+    async def _lookup(self, hash_part: str) -> Resolution | None:
+        started = time.monotonic()
+        async with self._limit:
+            try:
+                async with asyncio.timeout(self.settings.timeout):
+                    accepted = await self._first_accepted(hash_part)
+            except TimeoutError:
+                accepted = None
+                outcome = "timeout"
+            else:
+                outcome = "found" if accepted else "absent"
+        seconds = time.monotonic() - started
+        self.on_outcome(outcome, seconds)
+        if accepted is None:
+            self._remember_absent(hash_part)
+            return None
+        candidate, narinfo = accepted
+        resolution = await self._record(hash_part, candidate, narinfo)
+        log.info(
+            "found %s at %s %s (%.0f ms)",
+            narinfo.narinfo.store_path,
+            "upstream" if candidate.origin is Origin.UPSTREAM else "peer",
+            candidate.source,
+            seconds * 1000,
+        )
+        return resolution
+
+    def _remember_absent(self, hash_part: str) -> None:
+        if len(self._absent) >= self.settings.max_negative:
+            now = time.monotonic()
+            self._absent = {h: t for h, t in self._absent.items() if t > now}
+            if len(self._absent) >= self.settings.max_negative:
+                self._absent.clear()
+        self._absent[hash_part] = time.monotonic() + self.settings.negative_ttl
+
+    async def _first_accepted(self, hash_part: str) -> tuple[Candidate, AcceptedNarinfo] | None:
+        queue: asyncio.Queue[Candidate | None] = asyncio.Queue()
+
+        async def drain(source: NarinfoSource) -> None:
+            try:
+                async for candidate in source(hash_part):
+                    await queue.put(candidate)
+            except P2PCacheError as e:
+                log.debug("a narinfo source failed for %s: %s", hash_part, e)
+            finally:
+                await queue.put(None)
+
+        tasks = [asyncio.create_task(drain(source)) for source in self.sources]
+        remaining = len(tasks)
+        try:
+            while remaining:
+                candidate = await queue.get()
+                if candidate is None:
+                    remaining -= 1
+                    continue
+                try:
+                    accepted = accept_relayed_narinfo(
+                        candidate.data, hash_part, self.acl, self.settings.store_dir
+                    )
+                except NarinfoRejected as e:
+                    self.on_rejected(e.reason)
+                    source = candidate.source
+                    log.info("refused the narinfo of %s from %s: %s", hash_part, source, e)
+                    continue
+                return candidate, accepted
+            return None
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _record(
+        self, hash_part: str, candidate: Candidate, accepted: AcceptedNarinfo
+    ) -> Resolution:
+        narinfo = accepted.narinfo
+        assert narinfo.store_path is not None and narinfo.nar_hash is not None
+        await self.index.add_items(
+            [
+                NewItem(
+                    hash_part=hash_part,
+                    store_path=narinfo.store_path,
+                    nar_hash=narinfo.nar_hash,
+                    nar_size=accepted.nar_size,
+                    references=narinfo.references or (),
+                    deriver=narinfo.deriver,
+                    origin=candidate.origin,
+                    signed_part=accepted.signed_part,
+                    signature=accepted.signature_line,
+                )
+            ]
+        )
+        item = self.index.get(hash_part)
+        assert item is not None
+        resolution = Resolution(item, candidate.origin, candidate.source)
+        self.accepted_from[hash_part] = resolution
+        if len(self.accepted_from) > 100_000:
+            self.accepted_from.pop(next(iter(self.accepted_from)))
+        return resolution

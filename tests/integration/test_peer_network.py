@@ -1,0 +1,168 @@
+"""Several real nodes on loopback: an item held by one is served to Guix by another.
+
+Every node gets its own 127.A.B.1 address, so the DHT's per-IP and per-/24 limits stay on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import sys
+
+import pytest
+
+from p2pcache.cache.index import Origin
+from p2pcache.config import ListenAddress
+from p2pcache.guix.narinfo import parse_narinfo
+from p2pcache.guix.signing_key import render_acl
+from p2pcache.node import Node
+from tests import guix_client
+from tests.integration.conftest import node_config, running_node
+
+
+def addresses(n: int) -> dict:
+    host = f"127.0.{20 + n}.1"
+    return {
+        "listen": ListenAddress(host, 0),
+        "peer_listen": ListenAddress(host, 0),
+        "dht_listen": ListenAddress(host, 0),
+    }
+
+
+async def baked(node: Node, count: int) -> list:
+    items = []
+    for info in node_store_items(node)[:count]:
+        await node.publisher.bake(node.publisher._job(info))
+        items.append(info)
+    return items
+
+
+def node_store_items(node: Node):
+    return sorted(node._test_store.items, key=lambda i: -i.nar_size)
+
+
+@contextlib.asynccontextmanager
+async def network(tmp_path, store, count: int = 3):
+    """A seeding node (index 0) holding `store`, and `count - 1` empty nodes joined to it."""
+    async with contextlib.AsyncExitStack() as stack:
+        seed = await stack.enter_async_context(
+            running_node(node_config(tmp_path / "n0", store, **addresses(0)))
+        )
+        seed._test_store = store
+        acl = tmp_path / "acl"
+        acl.write_bytes(render_acl([seed.key.public]))
+        bootstrap = (ListenAddress(*seed.network.dht.address),)
+        nodes = [seed]
+        for n in range(1, count):
+            node = await stack.enter_async_context(
+                running_node(
+                    node_config(
+                        tmp_path / f"n{n}", None, guix_acl=acl, bootstrap=bootstrap, **addresses(n)
+                    )
+                )
+            )
+            nodes.append(node)
+        yield nodes
+
+
+async def wait_until_findable(node: Node, items: list, providers: int = 1) -> None:
+    """Announcements are batched: wait until `node` finds every item's providers."""
+    for info in items:
+        h = info.path.rsplit("/", 1)[-1][:32]
+        for _ in range(200):
+            if len(await node.network._find_providers(h)) >= providers:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"{h} is not findable in the DHT")
+
+
+async def test_an_item_held_by_a_peer_is_served_to_guix_and_then_provided(tmp_path, test_store):
+    async with network(tmp_path, test_store, 3) as (seed, b, c):
+        items = await baked(seed, 3)
+        await wait_until_findable(b, items)
+        host = b.config.listen.host
+        wanted = [i.path.rsplit("/", 1)[-1][:32] for i in items]
+        replies = await guix_client.narinfos(host, b.guix_port, [*wanted, "0" * 32])
+        assert [r.status for r in replies] == [200, 200, 200, 404]
+        for info, reply in zip(items, replies, strict=False):
+            narinfo = parse_narinfo(reply.body)
+            seed_item = seed.index.get(info.path.rsplit("/", 1)[-1][:32])
+            # The seed's signed part and signature, byte for byte, then b's own URL group.
+            assert reply.body.startswith(seed_item.signed_part + seed_item.signature)
+            assert [(u.compression, u.file_size) for u in narinfo.urls] == [("none", info.nar_size)]
+        big = items[0]
+        base = big.path.rsplit("/", 1)[-1]
+        nar = await guix_client.get(host, b.guix_port, f"/nar/{base}")
+        assert nar.status == 200 and nar.complete
+        assert hashlib.sha256(nar.body).digest() == big.nar_sha256
+        item_at_b = b.index.get(base[:32])
+        assert item_at_b.is_baked and item_at_b.origin is Origin.PEER
+        # b now provides it too: c finds two providers, and fetches it.
+        await wait_until_findable(c, [big], providers=2)
+        at_c = await guix_client.narinfos(c.config.listen.host, c.guix_port, [base[:32]])
+        assert at_c[0].status == 200
+        nar_c = await guix_client.get(c.config.listen.host, c.guix_port, f"/nar/{base}")
+        assert hashlib.sha256(nar_c.body).digest() == big.nar_sha256
+
+
+async def test_untrusted_seed_is_refused(tmp_path, test_store):
+    async with network(tmp_path, test_store, 2) as (seed, b):
+        items = await baked(seed, 1)
+        await wait_until_findable(b, items)
+        b.network.resolver.acl = []  # b trusts nobody
+        h = items[0].path.rsplit("/", 1)[-1][:32]
+        replies = await guix_client.narinfos(b.config.listen.host, b.guix_port, [h])
+        assert replies[0].status == 404
+        assert b.index.get(h) is None
+
+
+@pytest.mark.parametrize("misses", [200])
+async def test_pipelined_misses_resolve_concurrently(tmp_path, test_store, misses):
+    """A batch of misses must not take one lookup after another."""
+    async with network(tmp_path, test_store, 2) as (_, b):
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await guix_client.narinfos(b.config.listen.host, b.guix_port, ["1" * 32])
+        one = loop.time() - started
+        batch = [f"{n:032d}".replace("e", "f")[-32:] for n in range(misses)]
+        started = loop.time()
+        replies = await guix_client.narinfos(b.config.listen.host, b.guix_port, batch)
+        many = loop.time() - started
+        assert all(r.status == 404 for r in replies)
+        assert many < max(5 * one, 2.0), (one, many)
+
+
+async def test_which_finds_who_holds_a_derivations_outputs(tmp_path, test_store):
+    async with network(tmp_path, test_store, 2) as (seed, b):
+        with_deriver = [i for i in node_store_items(seed) if i.deriver and i.nar_size < 2_000_000][
+            :2
+        ]
+        for info in with_deriver:
+            await seed.publisher.bake(seed.publisher._job(info))
+        drv = with_deriver[0].deriver
+        drv_hash = drv.rsplit("/", 1)[-1][:32]
+        outputs = test_store.derivation_outputs[drv]
+        await wait_until_findable(b, with_deriver)
+        holders = []
+        for _ in range(100):
+            holders = await b.network.which(drv_hash)
+            if holders:
+                break
+            await asyncio.sleep(0.1)
+        assert [h["endpoint"] for h in holders] == [seed.network.peer_url]
+        held = holders[0]["outputs"]
+        baked = {i.path for i in with_deriver}
+        assert {f"/gnu/store/{v}" for v in held.values()} == {
+            p for p in outputs.values() if p in baked
+        }
+        admin = f"{b.config.admin_listen.host}:{b.admin_port}"
+        result = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "p2pcache", "which", "--admin", admin, drv,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await result.communicate()
+        assert result.returncode == 0, err
+        assert seed.network.peer_url.encode() in out
+        assert with_deriver[0].path.encode() in out
