@@ -34,7 +34,7 @@ from p2pcache.guix.signing_key import (
     write_key_pair,
 )
 from p2pcache.guix.store_db import GuixStoreDatabase
-from p2pcache.metrics import NodeMetrics, status_class
+from p2pcache.metrics import NodeMetrics
 from p2pcache.network import PeerNetwork
 from p2pcache.publisher import Publisher, PublisherSettings, new_item_from_store
 from p2pcache.server.admin_app import AiohttpListener, make_admin_app, make_metrics_app
@@ -163,7 +163,7 @@ class Node:
         await self.network.start()
         self.endpoint.resolve_miss = self._resolve_miss
         self.endpoint.remote_stream = self.network.stream_item
-        self.http = HTTPServer(self.endpoint.handle, limits, self._observe)
+        self.http = HTTPServer(self.endpoint.handle, limits, self.metrics.requests)
         await self.http.start(config.listen.host, config.listen.port)
         admin = AiohttpListener(
             make_admin_app(self.metrics.registry, self.status, self.network.which),
@@ -319,10 +319,6 @@ class Node:
         else:
             self._spawn(self.index.remove([item.hash_part]))
 
-    def _observe(self, label: str, status: int, seconds: float, nbytes: int) -> None:
-        self.metrics.requests.inc((label, status_class(status)))
-        self.metrics.request_seconds.observe((label,), seconds)
-
     # -- housekeeping -------------------------------------------------------------------------
 
     async def _flush_access_times(self) -> None:
@@ -352,8 +348,8 @@ class Node:
     async def status(self) -> dict[str, Any]:
         """What `p2pcache status` and the status page show."""
         stats = await self.index.stats()
-        hits = self.metrics.narinfo_lookups.value(("hit",))
-        misses = self.metrics.narinfo_lookups.value(("miss",))
+        hits = self.metrics.narinfo_lookups.hits
+        misses = self.metrics.narinfo_lookups.misses
         return {
             "version": __version__,
             "pid": os.getpid(),

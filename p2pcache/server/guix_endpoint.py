@@ -51,8 +51,6 @@ _NIX32 = "0-9a-df-np-sv-z"
 _NARINFO_PATH = re.compile(rf"/([{_NIX32}]{{32}})\.narinfo\Z")
 _NAR_PATH = re.compile(rf"/nar/(?:(zstd)/)?([{_NIX32}]{{32}})-([A-Za-z0-9+\-._?=]{{1,211}})\Z")
 
-_HIT, _MISS = ("hit",), ("miss",)
-
 Resolver = Callable[[str], Awaitable[IndexedItem | None]]
 
 
@@ -99,8 +97,10 @@ class GuixEndpoint:
         self.on_missing_file = on_missing_file
         self.remote_stream = remote_stream
         self.executor = executor
+        # Pre-rendered narinfos by request path ("/<hash>.narinfo"), oldest first.
         self._hot: OrderedDict[str, RawResponse] = OrderedDict()
         self.accessed = AccessLog()
+        self._lookups = metrics.narinfo_lookups
         ttl = settings.narinfo_ttl
         self._narinfo_headers = (("Cache-Control", f"max-age={ttl}"),)
         # The head of every narinfo 200, as render_head writes it, with a slot for the length:
@@ -138,6 +138,11 @@ class GuixEndpoint:
 
     def handle(self, request) -> AnyResponse | Awaitable[AnyResponse]:
         path: str = request.path
+        hot = self._hot.get(path)
+        if hot is not None:
+            # The hot path: a pre-rendered narinfo, found by its request path.
+            self._lookups.hits += 1
+            return hot
         if path.endswith(".narinfo"):
             match = _NARINFO_PATH.match(path)
             if match is None:
@@ -159,15 +164,11 @@ class GuixEndpoint:
     # -- narinfo ------------------------------------------------------------------------------
 
     def narinfo(self, hash_part: str) -> AnyResponse | Awaitable[AnyResponse]:
-        hot = self._hot.get(hash_part)
-        if hot is not None:
-            self.metrics.narinfo_lookups.inc(_HIT)
-            return hot
         item = self.index.get(hash_part)
         if item is not None and item.state is not State.CORRUPT:
-            self.metrics.narinfo_lookups.inc(_HIT)
+            self._lookups.hits += 1
             return self._narinfo_response(item)
-        self.metrics.narinfo_lookups.inc(_MISS)
+        self._lookups.misses += 1
         if self.resolve_miss is None or (item is not None and item.state is State.CORRUPT):
             return self._not_found_narinfo
         return self._resolve(hash_part)
@@ -204,11 +205,11 @@ class GuixEndpoint:
             # Drop the oldest entry: a cheap FIFO bound. (An OrderedDict, because deleting the
             # first key of a plain dict again and again makes finding the first key slow.)
             hot.popitem(last=False)
-        hot[hash_part] = response
+        hot[f"/{hash_part}.narinfo"] = response
 
     def forget(self, hash_part: str) -> None:
         """Drop a pre-rendered narinfo (the item was baked, evicted or found corrupt)."""
-        self._hot.pop(hash_part, None)
+        self._hot.pop(f"/{hash_part}.narinfo", None)
 
     # -- NARs ---------------------------------------------------------------------------------
 

@@ -663,7 +663,16 @@ class _Connection(asyncio.Protocol):
         out = self._out
         out += parts
         if observer is not None:
-            self._notify(response, started, parts)  # type: ignore[arg-type]
+            # Inlined _notify: this is the hot path, where a call costs a percent of the rate.
+            try:
+                observer(
+                    response.label,  # type: ignore[union-attr]
+                    response.status,  # type: ignore[union-attr]
+                    time.perf_counter() - started,
+                    len(parts[0]) if len(parts) == 1 else sum(map(len, parts)),
+                )
+            except Exception:
+                logger.exception("the response observer failed")
         if len(out) >= _WRITE_BATCH:
             self._transport.writelines(out)
             out.clear()
