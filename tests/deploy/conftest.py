@@ -11,7 +11,11 @@ import uvloop
 
 from p2pcache.testing import generate_test_store, remove_test_store
 from tests import guix_client
-from tests.integration.conftest import node_config, running_node
+from tests.integration.conftest import (  # noqa: F401 (the hook runs nodes on uvloop here too)
+    node_config,
+    pytest_asyncio_loop_factories,
+    running_node,
+)
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 DEPLOY = REPOSITORY / "deploy"
