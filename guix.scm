@@ -14,7 +14,8 @@
 ;;; (tests/deploy/test_guix_files.py) and that its dependencies and version match
 ;;; setup.cfg and p2pcache/__init__.py; it has never been evaluated or built there.
 ;;; Dependencies are looked up by name (specification->package) so that they do not depend
-;;; on which Guix module defines them.  The PyPI hashes below are the SHA-256 of the
+;;; on which Guix module defines them; their versions must meet setup.cfg's bounds (the
+;;; build's sanity-check phase checks that), which needs a recent Guix.  The PyPI hashes below are the SHA-256 of the
 ;;; release tarballs, written in Nix base32.
 
 (use-modules (guix packages)
@@ -22,6 +23,7 @@
              (guix download)
              (guix git-download)
              (guix build-system pyproject)
+             ((guix build-system python) #:select (pypi-uri))
              ((guix licenses) #:prefix license:)
              (gnu packages))
 
