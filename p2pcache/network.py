@@ -33,6 +33,7 @@ from p2pcache.net.network_metrics import NetworkCollector, NetworkCounters
 from p2pcache.net.peer_client import PeerClient
 from p2pcache.net.peer_ranking import PeerRanking
 from p2pcache.net.providers import ProviderDirectory, peer_narinfo_source
+from p2pcache.net.transfer import TransferStats
 from p2pcache.net.upstream import UpstreamClient
 from p2pcache.net.upstream_narinfo import UpstreamNarinfo, preferred_groups
 from p2pcache.resolver import Candidate, MissResolver, ResolverSettings
@@ -76,6 +77,7 @@ class PeerNetwork:
         io_executor: Executor,
         compress_executor: Executor,
         on_cached: Callable[[IndexedItem], None],
+        sign_item: Callable[[IndexedItem], IndexedItem] | None = None,
     ) -> None:
         self.config = config
         self.index = index
@@ -84,6 +86,7 @@ class PeerNetwork:
         self.io_executor = io_executor
         self.compress_executor = compress_executor
         self.on_cached = on_cached
+        self.sign_item = sign_item
         self.identity: NodeIdentity | None = None
         self.dht: DHTNode | None = None
         self.session: aiohttp.ClientSession | None = None
@@ -127,6 +130,7 @@ class PeerNetwork:
             "",
             executor=self.io_executor,
             on_served=lambda hash_part, nbytes: self.counters.transfer_bytes.update(out=nbytes),
+            sign_item=self.sign_item,
         )
         self._peer_listener = AiohttpListener(
             api.application(), config.peer_listen.host, config.peer_listen.port
@@ -194,10 +198,11 @@ class PeerNetwork:
         self.counters.misses[outcome] += 1
         self.counters.miss_seconds.observe(seconds)
 
-    def _transfer_outcome(self, outcome: str, nbytes: int, failures: dict[str, int]) -> None:
+    def _transfer_outcome(self, outcome: str, stats: TransferStats) -> None:
         self.counters.transfers[outcome] += 1
-        self.counters.transfer_bytes["in"] += nbytes
-        self.counters.chunk_failures.update(failures)
+        self.counters.transfer_bytes["in"] += stats.bytes_in
+        self.counters.chunk_failures.update(stats.chunk_failures)
+        self.counters.failovers += stats.failovers
 
     async def stop(self) -> None:
         for task in self._tasks:
