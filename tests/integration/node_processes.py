@@ -12,6 +12,8 @@ kills every process it started when it is closed, whatever happened before.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import re
 import signal
@@ -34,6 +36,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 30.0
 # SIGTERM grace before SIGKILL when a cluster is closed.
 STOP_GRACE = 5.0
+_PR_SET_PDEATHSIG = 1
 
 _READY = re.compile(
     r"serving Guix substitutes on http://(?P<guix>\S+) \(admin and /metrics on http://(?P<admin>\S+)\)"
@@ -57,6 +60,15 @@ def p2pcache_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "p2pcache", *args]
 
 
+def _die_with_parent() -> None:
+    """In the child: be killed if the test process dies (even by SIGKILL) before it stops us."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: the cluster's close() still stops every node
+
+
 def _split(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     return host, int(port)
@@ -73,10 +85,10 @@ class NodeSpec:
     name: str
     host: str
     data_dir: Path
-    store: TestStore | None = None
     guix_acl: Path | None = None
     bootstrap: list[str] = field(default_factory=list)
     fetch_parallel: int = 2
+    store: TestStore | None = None
 
     def config_text(self) -> str:
         """The node's TOML configuration: every listener on its own address, port 0."""
@@ -148,6 +160,7 @@ class NodeProcess:
             return subprocess.Popen(
                 p2pcache_command("publish", "--config", str(self.config_path), "--all"),
                 cwd=REPO_ROOT,
+                preexec_fn=_die_with_parent,
                 env=node_env(),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -162,6 +175,7 @@ class NodeProcess:
             self.process = subprocess.Popen(
                 p2pcache_command("serve", "--config", str(self.config_path)),
                 cwd=REPO_ROOT,
+                preexec_fn=_die_with_parent,
                 env=node_env(),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
