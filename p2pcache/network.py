@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import Executor
 
 import aiohttp
@@ -129,7 +129,7 @@ class PeerNetwork:
             self.identity,
             "",
             executor=self.io_executor,
-            on_served=lambda hash_part, nbytes: self.counters.transfer_bytes.update(out=nbytes),
+            on_served=self._served,
             sign_item=self.sign_item,
         )
         self._peer_listener = AiohttpListener(
@@ -193,6 +193,11 @@ class PeerNetwork:
             self.peer_url,
             f", DHT on {self.dht.address[0]}:{self.dht.address[1]} (UDP)" if self.dht else "",
         )
+
+    def _served(self, hash_part: str, nbytes: int) -> None:
+        """A peer fetched chunks of an item from this node: count the bytes, and the demand."""
+        self.counters.transfer_bytes["out"] += nbytes
+        self.note_requested([hash_part])
 
     def _miss_outcome(self, outcome: str, seconds: float) -> None:
         self.counters.misses[outcome] += 1
@@ -323,6 +328,13 @@ class PeerNetwork:
         """New items in the cache: announced first, within the announcing budget."""
         if self.announcer is not None:
             self.announcer.add_new(hash_parts)
+
+    def note_requested(self, hash_parts: Iterable[str]) -> None:
+        """Items Guix or peers asked for: announced before the rest of the store (the
+        "popular" tier), if they are still waiting to be announced."""
+        if self.announcer is not None:
+            for hash_part in hash_parts:
+                self.announcer.note_requested(hash_part)
 
     def withdraw(self, hash_parts: list[str]) -> None:
         """Items gone from the cache: no longer re-announced (their records expire)."""

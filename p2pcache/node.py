@@ -324,7 +324,10 @@ class Node:
 
     async def _flush_access_times(self) -> None:
         if self.endpoint is not None and len(self.endpoint.accessed):
-            await self.index.touch(self.endpoint.accessed.drain())
+            accessed = self.endpoint.accessed.drain()
+            if self.network is not None:
+                self.network.note_requested(accessed)  # what Guix fetches is announced first
+            await self.index.touch(accessed)
 
     async def _housekeep(self) -> None:
         while True:
