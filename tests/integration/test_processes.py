@@ -272,7 +272,10 @@ async def test_forged_records_garbage_and_fake_ids_leave_the_victim_healthy(
     victim_id = await probe.ping(target)
     seed_id = await probe.ping(network.seed.dht_address)
     assert victim_id is not None and seed_id is not None
-    honest = {(ip, port) for _, ip, port in await probe.find_node(target, victim_id)}
+    # The other nodes of the cluster that the victim knows (not the lying peer of the test
+    # before, which has stopped and may be dropped from the table at any time).
+    cluster = {n.dht_address for n in (network.seed, network.second, network.guix, network.fetcher)}
+    honest = {(ip, port) for _, ip, port in await probe.find_node(target, victim_id)} & cluster
     assert network.seed.dht_address in honest
     before = await victim.metrics(http)
 
@@ -387,8 +390,9 @@ async def test_forged_records_garbage_and_fake_ids_leave_the_victim_healthy(
     ):
         assert grew("p2pcache_dht_datagrams_dropped_total", reason=reason) >= 1, reason
     assert grew("p2pcache_dht_datagrams_dropped_total") >= 200
-    table = after.value("p2pcache_dht_routing_table_size")
-    assert table <= len(honest) + 2 + 8 + 3, table
+    # The table is small enough that FIND_NODE returned all of it (but the probe itself), so
+    # the limits above held for the whole table.
+    assert after.value("p2pcache_dht_routing_table_size") <= len(closest) + 1 < 20
 
 
 async def read_some(reader: asyncio.StreamReader, count: int) -> bytes:
