@@ -25,7 +25,7 @@ from p2pcache.errors import P2PCacheError
 from p2pcache.guix.nar import NarHasher
 from p2pcache.net.peer_client import PeerClient
 from p2pcache.net.peer_ranking import PeerRanking
-from p2pcache.net.transfer import ChunkTransfer, TransferFailed, VerifiedChunk
+from p2pcache.net.transfer import ChunkTransfer, TransferFailed, TransferStats, VerifiedChunk
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class ItemFetcher:
         executor: Executor | None = None,
         settings: FetchSettings | None = None,
         on_cached: Callable[[IndexedItem], None] = lambda item: None,
-        on_transfer: Callable[[str, int, dict[str, int]], None] = lambda o, n, f: None,
+        on_transfer: Callable[[str, TransferStats], None] = lambda outcome, stats: None,
     ) -> None:
         self.index = index
         self.nar_store = nar_store
@@ -107,7 +107,7 @@ class ItemFetcher:
         loop = asyncio.get_running_loop()
         providers = await self.providers_of(item.hash_part)
         if not providers:
-            self.on_transfer("no-provider", 0, {})
+            self.on_transfer("no-provider", TransferStats())
             raise TransferFailed(f"no provider is known for {item.store_path}")
         transfer = ChunkTransfer(
             self.client,
@@ -148,15 +148,14 @@ class ItemFetcher:
                     self.executor, self.nar_store.commit, pending, item.hash_part
                 )
             except P2PCacheError as e:
-                stats = transfer.stats
-                self.on_transfer("failed", stats.bytes_in, stats.chunk_failures)
+                self.on_transfer("failed", transfer.stats)
                 log.warning("fetching %s from peers failed: %s", item.store_path, e)
                 raise
         await self.index.mark_baked(
             item.hash_part, name, table.file_size, table.encode(), table.root
         )
         seconds = time.monotonic() - started
-        self.on_transfer("ok", transfer.stats.bytes_in, transfer.stats.chunk_failures)
+        self.on_transfer("ok", transfer.stats)
         log.info(
             "fetched %s from %d peer(s) (%d bytes of NAR in %.2f s, %.0f MB/s), hash verified",
             item.basename,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import Executor
 
 import aiohttp
@@ -33,6 +33,7 @@ from p2pcache.net.network_metrics import NetworkCollector, NetworkCounters
 from p2pcache.net.peer_client import PeerClient
 from p2pcache.net.peer_ranking import PeerRanking
 from p2pcache.net.providers import ProviderDirectory, peer_narinfo_source
+from p2pcache.net.transfer import TransferStats
 from p2pcache.net.upstream import UpstreamClient
 from p2pcache.net.upstream_narinfo import UpstreamNarinfo, preferred_groups
 from p2pcache.resolver import Candidate, MissResolver, ResolverSettings
@@ -76,6 +77,7 @@ class PeerNetwork:
         io_executor: Executor,
         compress_executor: Executor,
         on_cached: Callable[[IndexedItem], None],
+        sign_item: Callable[[IndexedItem], IndexedItem] | None = None,
     ) -> None:
         self.config = config
         self.index = index
@@ -84,6 +86,7 @@ class PeerNetwork:
         self.io_executor = io_executor
         self.compress_executor = compress_executor
         self.on_cached = on_cached
+        self.sign_item = sign_item
         self.identity: NodeIdentity | None = None
         self.dht: DHTNode | None = None
         self.session: aiohttp.ClientSession | None = None
@@ -126,7 +129,8 @@ class PeerNetwork:
             self.identity,
             "",
             executor=self.io_executor,
-            on_served=lambda hash_part, nbytes: self.counters.transfer_bytes.update(out=nbytes),
+            on_served=self._served,
+            sign_item=self.sign_item,
         )
         self._peer_listener = AiohttpListener(
             api.application(), config.peer_listen.host, config.peer_listen.port
@@ -190,14 +194,20 @@ class PeerNetwork:
             f", DHT on {self.dht.address[0]}:{self.dht.address[1]} (UDP)" if self.dht else "",
         )
 
+    def _served(self, hash_part: str, nbytes: int) -> None:
+        """A peer fetched chunks of an item from this node: count the bytes, and the demand."""
+        self.counters.transfer_bytes["out"] += nbytes
+        self.note_requested([hash_part])
+
     def _miss_outcome(self, outcome: str, seconds: float) -> None:
         self.counters.misses[outcome] += 1
         self.counters.miss_seconds.observe(seconds)
 
-    def _transfer_outcome(self, outcome: str, nbytes: int, failures: dict[str, int]) -> None:
+    def _transfer_outcome(self, outcome: str, stats: TransferStats) -> None:
         self.counters.transfers[outcome] += 1
-        self.counters.transfer_bytes["in"] += nbytes
-        self.counters.chunk_failures.update(failures)
+        self.counters.transfer_bytes["in"] += stats.bytes_in
+        self.counters.chunk_failures.update(stats.chunk_failures)
+        self.counters.failovers += stats.failovers
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -318,6 +328,13 @@ class PeerNetwork:
         """New items in the cache: announced first, within the announcing budget."""
         if self.announcer is not None:
             self.announcer.add_new(hash_parts)
+
+    def note_requested(self, hash_parts: Iterable[str]) -> None:
+        """Items Guix or peers asked for: announced before the rest of the store (the
+        "popular" tier), if they are still waiting to be announced."""
+        if self.announcer is not None:
+            for hash_part in hash_parts:
+                self.announcer.note_requested(hash_part)
 
     def withdraw(self, hash_parts: list[str]) -> None:
         """Items gone from the cache: no longer re-announced (their records expire)."""

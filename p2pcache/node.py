@@ -159,6 +159,7 @@ class Node:
             io_executor=self.io_executor,
             compress_executor=self.compress_executor,
             on_cached=lambda item: self._item_changed(item.hash_part),
+            sign_item=self._sign_item,
         )
         await self.network.start()
         self.endpoint.resolve_miss = self._resolve_miss
@@ -323,7 +324,10 @@ class Node:
 
     async def _flush_access_times(self) -> None:
         if self.endpoint is not None and len(self.endpoint.accessed):
-            await self.index.touch(self.endpoint.accessed.drain())
+            accessed = self.endpoint.accessed.drain()
+            if self.network is not None:
+                self.network.note_requested(accessed)  # what Guix fetches is announced first
+            await self.index.touch(accessed)
 
     async def _housekeep(self) -> None:
         while True:

@@ -23,9 +23,16 @@ class SeededCache:
 
 
 async def seed_cache(
-    data_dir: Path, store: TestStore, key: GuixSecretKey, items: list, host: str = "seed"
+    data_dir: Path,
+    store: TestStore,
+    key: GuixSecretKey,
+    items: list,
+    host: str = "seed",
+    *,
+    signed: bool = True,
 ) -> SeededCache:
-    """Bake `items` (StoreItemInfo of `store`) into a new cache signed with `key`."""
+    """Bake `items` (StoreItemInfo of `store`) into a new cache signed with `key` (or, with
+    `signed=False`, left unsigned, as `p2pcache publish` leaves them)."""
     index = CacheIndex(data_dir / "index.sqlite")
     await index.open()
     nar_store = NarStore(data_dir / "nar")
@@ -34,12 +41,15 @@ async def seed_cache(
     for info in items:
         new = new_item_from_store(info)
         await index.add_items([new])
-        signed = render_signed_part(
+        signed_part = render_signed_part(
             new.store_path, new.nar_hash, new.nar_size, new.references, new.deriver
         )
-        await index.set_signature(
-            new.hash_part, signed, render_signature_line(signature_field(signed, key, host))
-        )
+        if signed:
+            await index.set_signature(
+                new.hash_part,
+                signed_part,
+                render_signature_line(signature_field(signed_part, key, host)),
+            )
         result = bake_store_item(
             store.real_path(info.path),
             nar_store,

@@ -104,12 +104,24 @@ class Announcer:
 
     def note_requested(self, hash_part: str) -> None:
         """A peer or Guix asked this node for the item: count it, and if it is still waiting
-        to be announced, move it forward."""
-        count = self._requests.get(hash_part, 0) + 1
-        self._requests[hash_part] = count
+        to be announced, move it forward. Counts are kept only until the item is announced,
+        and for at most `max_queued` items (a client asking for many items costs no memory
+        beyond that)."""
+        if hash_part in self._announced:
+            return
+        count = self._requests.get(hash_part)
+        if count is None:
+            if len(self._requests) >= self.config.max_queued:
+                return
+            count = 0
+        self._requests[hash_part] = count + 1
         current = self._queued.get(hash_part)
         if current is not None and current[0] != NEW:
             self._push(hash_part, POPULAR)
+
+    def request_count(self, hash_part: str) -> int:
+        """Requests noted for an item not announced yet."""
+        return self._requests.get(hash_part, 0)
 
     def add_outputs(self, drv_hash_part: str, outputs: Mapping[str, str], *, new: bool) -> None:
         """A derivation's outputs this node holds (output name -> store path)."""
@@ -208,6 +220,8 @@ class Announcer:
         for name in derivations:
             self._outputs.pop(f"drv:{name}", None)
         self._announced.update(names)
+        for name in names:
+            self._requests.pop(name, None)
         self.stats.announced += len(names)
         self.stats.batches += 1
         self.stats.requests += report.requests

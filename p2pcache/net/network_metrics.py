@@ -29,6 +29,7 @@ class NetworkCounters:
     transfer_bytes: Counter[str] = field(default_factory=Counter)  # in, out
     transfers: Counter[str] = field(default_factory=Counter)  # ok, failed, no-provider
     chunk_failures: Counter[str] = field(default_factory=Counter)  # bad-chunk, bad-table, ...
+    failovers: int = 0  # batches of chunks moved to another provider mid-transfer
     misses: Counter[str] = field(default_factory=Counter)  # found, absent, timeout
     miss_seconds: SecondsHistogram = field(
         default_factory=lambda: SecondsHistogram(MISS_BUCKETS, [0] * (len(MISS_BUCKETS) + 1))
@@ -84,6 +85,11 @@ class NetworkCollector(Collector):
             "Chunks or chunk tables from peers that failed a check, by reason.",
             "reason",
             c.chunk_failures,
+        )
+        yield CounterMetricFamily(
+            "p2pcache_transfer_failovers",
+            "Batches of chunks taken from another provider after theirs failed or lied mid-way.",
+            c.failovers,
         )
         yield _counter(
             "p2pcache_miss_lookups",

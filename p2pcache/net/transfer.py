@@ -53,6 +53,8 @@ class TransferStats:
     chunks: int = 0
     chunk_failures: dict[str, int] = field(default_factory=dict)
     providers_used: set[str] = field(default_factory=set)
+    failovers: int = 0
+    """Batches handed back after their provider failed or lied, for another to finish."""
 
     def failed(self, reason: str) -> None:
         self.chunk_failures[reason] = self.chunk_failures.get(reason, 0) + 1
@@ -173,6 +175,7 @@ class ChunkTransfer:
                     first, count = heapq.heappop(todo)
                 done = await self._fetch_batch(provider, table, first, count, ready, progress)
                 if done < count:
+                    self.stats.failovers += 1
                     async with progress:
                         heapq.heappush(todo, (first + done, count - done))
                         progress.notify_all()

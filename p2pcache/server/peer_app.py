@@ -46,6 +46,7 @@ class PeerAPI:
         *,
         executor: Executor | None = None,
         on_served: Callable[[str, int], None] | None = None,
+        sign_item: Callable[[IndexedItem], IndexedItem] | None = None,
     ) -> None:
         self.index = index
         self.nar_store = nar_store
@@ -53,6 +54,7 @@ class PeerAPI:
         self.peer_url = peer_url
         self.executor = executor
         self.on_served = on_served
+        self.sign_item = sign_item
         self._tables: dict[str, tuple[bytes, ChunkTable]] = {}
 
     def application(self) -> web.Application:
@@ -68,7 +70,13 @@ class PeerAPI:
         if not re.fullmatch(_HASH, hash_part):
             return None
         item = self.index.get(hash_part)
-        if item is None or not item.is_baked or item.signed_part is None:
+        if item is None or not item.is_baked:
+            return None
+        if (item.signed_part is None or item.signature is None) and self.sign_item is not None:
+            # Baked by `p2pcache publish` (which holds no key): the node vouches for its own
+            # store items, signing them when first offered, as its Guix endpoint does.
+            item = self.sign_item(item)
+        if item.signed_part is None:
             return None
         return item
 

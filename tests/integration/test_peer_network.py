@@ -10,12 +10,14 @@ import contextlib
 import hashlib
 import sys
 
+import aiohttp
 import pytest
 
 from p2pcache.cache.index import Origin
 from p2pcache.config import ListenAddress
 from p2pcache.guix.narinfo import parse_narinfo
 from p2pcache.guix.signing_key import render_acl
+from p2pcache.net.peer_client import PeerClient
 from p2pcache.node import Node
 from tests import guix_client
 from tests.integration.conftest import node_config, running_node
@@ -105,6 +107,32 @@ async def test_an_item_held_by_a_peer_is_served_to_guix_and_then_provided(tmp_pa
         assert at_c[0].status == 200
         nar_c = await guix_client.get(c.config.listen.host, c.guix_port, f"/nar/{base}")
         assert hashlib.sha256(nar_c.body).digest() == big.nar_sha256
+
+
+async def test_what_guix_and_peers_fetch_counts_as_demand_for_announcing(tmp_path, test_store):
+    """The announcer's "popular" tier is fed by NAR requests from Guix and chunk requests
+    from peers (items still waiting to be announced go before the rest of the store)."""
+    async with network(tmp_path, test_store, 2) as (seed, _):
+        announcer = seed.network.announcer
+        await announcer.stop()  # hold announcing, so the item stays queued
+        (item,) = await baked(seed, 1)
+        h = item.path.rsplit("/", 1)[-1][:32]
+        assert announcer.request_count(h) == 0
+        base = item.path.rsplit("/", 1)[-1]
+        nar = await guix_client.get(seed.config.listen.host, seed.guix_port, f"/nar/{base}")
+        assert nar.status == 200
+        await seed._flush_access_times()  # what the housekeeping task does periodically
+        assert announcer.request_count(h) == 1
+        async with aiohttp.ClientSession() as session:
+            client = PeerClient(session)
+            table = await client.chunk_table(seed.network.peer_url, h)
+            async for _ in client.frames(seed.network.peer_url, h, table, 0, 1):
+                pass
+        for _ in range(100):  # noted once the peer API has finished the response
+            if announcer.request_count(h) == 2:
+                break
+            await asyncio.sleep(0.02)
+        assert announcer.request_count(h) == 2
 
 
 async def test_untrusted_seed_is_refused(tmp_path, test_store):

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from p2pcache.cache.index import IndexedItem
 from p2pcache.net.identity import NodeIdentity
 from p2pcache.server.admin_app import AiohttpListener
 from p2pcache.server.peer_app import PeerAPI
@@ -52,9 +53,12 @@ class DyingPeerAPI(PeerAPI):
 
 @contextlib.asynccontextmanager
 async def peer_server(
-    cache: SeededCache, host: str = "127.0.0.1", api_class: type[PeerAPI] = PeerAPI
+    cache: SeededCache,
+    host: str = "127.0.0.1",
+    api_class: type[PeerAPI] = PeerAPI,
+    sign_item: Callable[[IndexedItem], IndexedItem] | None = None,
 ) -> AsyncIterator[str]:
-    api = api_class(cache.index, cache.nar_store, NodeIdentity.generate(), "")
+    api = api_class(cache.index, cache.nar_store, NodeIdentity.generate(), "", sign_item=sign_item)
     listener = AiohttpListener(api.application(), host, 0)
     await listener.start()
     url = f"http://{host}:{listener.port}"

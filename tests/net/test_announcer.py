@@ -129,3 +129,16 @@ async def test_the_background_task_announces_into_a_real_network():
                 assert (await nodes[4].find_providers(hash_part)).found
         finally:
             await a.stop()
+
+
+async def test_request_counts_are_bounded_and_forgotten_once_announced():
+    dht, clock = RecordingDHT(), FakeClock()
+    a = announcer(dht, clock, batch_size=10, max_queued=5)
+    old = items("o", 3)
+    a.add_existing(old)
+    for name in items("x", 20):  # asked for, never held: counted for at most max_queued
+        a.note_requested(name)
+    assert sum(a.request_count(name) for name in items("x", 20)) == 5
+    await a.announce_next_batch()
+    a.note_requested(old[0])  # announced already: the DHT node keeps it announced
+    assert a.request_count(old[0]) == 0

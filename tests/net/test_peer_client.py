@@ -1,16 +1,19 @@
 """The peer API over real sockets: what a client may fetch, and how bounded it is."""
 
 import hashlib
+from dataclasses import replace
 
 import aiohttp
 import pytest
 from aiohttp import web
 
 from p2pcache.cache.chunked_zstd import decompress_frame
-from p2pcache.guix.narinfo import parse_narinfo
+from p2pcache.guix.narinfo import parse_narinfo, render_signature_line, render_signed_part
+from p2pcache.guix.narinfo_signature import signature_field
 from p2pcache.guix.signing_key import generate_key_pair
 from p2pcache.net.peer_client import PeerClient, PeerMisbehaved, PeerUnavailable
 from p2pcache.server.admin_app import AiohttpListener
+from p2pcache.trust.narinfo_acceptance import accept_relayed_narinfo
 from tests.net.peer_servers import peer_server
 from tests.seeded_cache import seed_cache
 
@@ -41,6 +44,38 @@ async def test_client_fetches_narinfo_table_and_frames(seeded):
         assert hashlib.sha256(data).digest() == items[0].nar_sha256
         assert await client.narinfo(url, "0" * 32) is None
         assert await client.chunk_table(url, "0" * 32) is None
+
+
+async def test_items_baked_without_a_signature_are_signed_when_first_offered(
+    tmp_path, small_test_store
+):
+    """`p2pcache publish` bakes items but holds no key: the node signs them when a peer asks."""
+    key = generate_key_pair()
+    item = max(small_test_store.items, key=lambda i: i.nar_size)
+    cache = await seed_cache(tmp_path / "seed", small_test_store, key, [item], signed=False)
+    h = cache.hash_parts[0]
+
+    def sign(indexed):
+        signed = render_signed_part(
+            indexed.store_path, indexed.nar_hash, indexed.nar_size, indexed.references,
+            indexed.deriver,
+        )  # fmt: skip
+        line = render_signature_line(signature_field(signed, key, "seed"))
+        return replace(indexed, signed_part=signed, signature=line)
+
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = PeerClient(session)
+            async with peer_server(cache, "127.0.3.1") as url:
+                assert await client.narinfo(url, h) is None  # nobody to vouch for it
+                assert await client.chunk_table(url, h) is None
+            async with peer_server(cache, "127.0.3.1", sign_item=sign) as url:
+                data = await client.narinfo(url, h)
+                assert await client.chunk_table(url, h) is not None
+        accepted = accept_relayed_narinfo(data, h, [key.public], "/gnu/store")
+        assert accepted.narinfo.store_path == item.path
+    finally:
+        await cache.index.close()
 
 
 async def test_bad_ranges_and_unknown_items_are_404(seeded):

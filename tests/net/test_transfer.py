@@ -93,6 +93,22 @@ async def test_a_provider_dying_mid_transfer_is_replaced_by_chunk_index(caches):
     providers = [c.provider for c in chunks]
     assert providers[0] == dying and providers[-1] == honest
     assert ranking.scores[dying].unavailable >= 1 and ranking.scores[dying].misbehaved == 0
+    assert transfer.stats.failovers >= 1  # the dying provider's batch went to the honest one
+
+
+async def test_a_transfer_without_trouble_counts_no_failover(caches):
+    item, (a, b, _) = caches
+    async with (
+        peer_server(a, "127.0.14.1") as url_a,
+        peer_server(b, "127.0.15.1") as url_b,
+        aiohttp.ClientSession() as session,
+    ):
+        transfer = ChunkTransfer(
+            PeerClient(session), PeerRanking(), a.hash_parts[0], item.nar_size,
+            [url_a, url_b], parallel=2, batch=2,
+        )  # fmt: skip
+        await collect(transfer)
+    assert transfer.stats.failovers == 0
 
 
 async def test_only_liars_fail_the_transfer_and_get_banned(caches):
