@@ -12,7 +12,14 @@ import platform
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+)
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -157,6 +164,9 @@ class NodeMetrics:
         r = self.registry
         self.build_info = Info("p2pcache_build", "Version of p2pcache and Python", registry=r)
         self.build_info.info({"version": __version__, "python": platform.python_version()})
+        # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds,
+        # process_start_time_seconds...: restarts and resource use on the dashboard.
+        ProcessCollector(registry=r)
 
         # The Guix endpoint.
         self.requests = RequestStats(LATENCY_BUCKETS)

@@ -19,6 +19,7 @@ from dataclasses import replace
 from typing import Any
 
 from p2pcache import __version__
+from p2pcache.activity import RecentActivity
 from p2pcache.cache.index import CacheIndex, IndexedItem, Origin, State
 from p2pcache.cache.nar_store import NarStore
 from p2pcache.cache.quota import QuotaKeeper
@@ -71,6 +72,8 @@ class Node:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.metrics = NodeMetrics()
+        self.activity = RecentActivity()
+        self.metrics.registry.register(self.activity)
         self.index = CacheIndex(config.data_dir / "index.sqlite")
         self.nar_store = NarStore(config.data_dir / "nar")
         threads = config.effective_zstd_threads()
@@ -159,12 +162,15 @@ class Node:
             io_executor=self.io_executor,
             compress_executor=self.compress_executor,
             on_cached=lambda item: self._item_changed(item.hash_part),
+            activity=self.activity,
         )
         await self.network.start()
         self.endpoint.resolve_miss = self._resolve_miss
         self.endpoint.remote_stream = self.network.stream_item
         self.http = HTTPServer(self.endpoint.handle, limits, self.metrics.requests)
         await self.http.start(config.listen.host, config.listen.port)
+        http = self.http
+        self.metrics.open_connections.set_function(lambda: http.connection_count)
         admin = AiohttpListener(
             make_admin_app(self.metrics.registry, self.status, self.network.which),
             config.admin_listen.host,
@@ -279,6 +285,8 @@ class Node:
     def _item_changed(self, hash_part: str) -> None:
         self._forget(hash_part)
         item = self.index.get(hash_part)
+        if item is not None and item.state is State.CORRUPT and item.origin is Origin.STORE:
+            self._record_store_corrupt(item)
         if item is not None and item.is_baked:
             if item.signed_part is None or item.signature is None:
                 self._sign_item(item)  # peers are offered only signed narinfos
@@ -310,7 +318,17 @@ class Node:
 
     def _store_item_corrupt(self, item: IndexedItem) -> None:
         self.metrics.store_corrupt.inc()
+        self._record_store_corrupt(item)
         self._spawn(self.index.mark_corrupt(item.hash_part))
+
+    def _record_store_corrupt(self, item: IndexedItem) -> None:
+        self.activity.verification_failed(
+            "store_nar_hash",
+            "the local store's copy does not hash to the NarHash in the Guix database; "
+            "it is not served (check the store with: guix gc --verify=contents)",
+            item=item.basename,
+            source="local store",
+        )
 
     def _cached_file_missing(self, item: IndexedItem) -> None:
         """A cached NAR vanished from disk: a store item falls back to the store, others go."""
@@ -342,18 +360,46 @@ class Node:
         self.metrics.cache_items.labels(str(State.UNBAKED)).set(
             stats.items - stats.baked - stats.corrupt
         )
-        if self.http is not None:
-            self.metrics.open_connections.set(self.http.connection_count)
+
+    def endpoints(self) -> dict[str, str | None]:
+        """The URLs of every listener, as this node reached them (ports resolved)."""
+        config = self.config
+        metrics = self._listeners[1].port if len(self._listeners) > 1 else None
+        dht = self.network.dht if self.network is not None else None
+        return {
+            "guix": f"http://{config.listen.host}:{self.guix_port}",
+            "peer": self.network.peer_url if self.network is not None else None,
+            "admin": f"http://{config.admin_listen.host}:{self.admin_port}",
+            "metrics": (
+                f"http://{config.metrics_listen.host}:{metrics}/metrics"
+                if config.metrics_listen is not None and metrics is not None
+                else None
+            ),
+            "dht": f"udp://{dht.address[0]}:{dht.address[1]}" if dht is not None else None,
+        }
 
     async def status(self) -> dict[str, Any]:
-        """What `p2pcache status` and the status page show."""
+        """What `p2pcache status` and the status page show (GET /api/v1/status)."""
         stats = await self.index.stats()
         hits = self.metrics.narinfo_lookups.hits
         misses = self.metrics.narinfo_lookups.misses
+        quota = self.config.cache_max_size
         return {
             "version": __version__,
             "pid": os.getpid(),
+            "started_at": self.started_at,
             "uptime_seconds": round(time.time() - self.started_at, 1),
+            "identity": {
+                "host_name": self.config.host_name,
+                "node_id": (
+                    self.network.identity.node_id.hex()
+                    if self.network is not None and self.network.identity is not None
+                    else None
+                ),
+                "signing_key": str(self.config.data_dir / PUBLIC_KEY_FILE),
+                "data_dir": str(self.config.data_dir),
+            },
+            "endpoints": self.endpoints(),
             "guix_endpoint": f"http://{self.config.listen.host}:{self.guix_port}",
             "store": {
                 "store_dir": self.config.store_dir,
@@ -366,11 +412,14 @@ class Node:
                 "baked": stats.baked,
                 "corrupt": stats.corrupt,
                 "size_bytes": stats.cached_bytes,
-                "max_size_bytes": self.config.cache_max_size,
+                "max_size_bytes": quota,
+                "used_ratio": round(stats.cached_bytes / quota, 4) if quota else None,
             },
             "narinfo": {
                 "hits": int(hits),
                 "misses": int(misses),
                 "hit_ratio": round(hits / (hits + misses), 4) if hits + misses else None,
             },
+            "peers": self.network.peers_status() if self.network is not None else None,
+            **self.activity.as_dict(),
         }
