@@ -279,6 +279,10 @@ class PeerNetwork:
 
     # -- finding ------------------------------------------------------------------------------
 
+    async def providers_of(self, hash_part: str) -> list[str]:
+        """Peer URLs of the other nodes that announced holding an item (a DHT lookup)."""
+        return await self._find_providers(hash_part)
+
     async def _find_providers(self, hash_part: str) -> list[str]:
         if self.dht is None:
             return []
