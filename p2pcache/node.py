@@ -36,6 +36,7 @@ from p2pcache.guix.signing_key import (
 )
 from p2pcache.guix.store_db import GuixStoreDatabase
 from p2pcache.metrics import NodeMetrics
+from p2pcache.net.lan_advertiser import LanAdvertiser
 from p2pcache.network import PeerNetwork
 from p2pcache.publisher import Publisher, PublisherSettings, new_item_from_store
 from p2pcache.server.admin_app import AiohttpListener, make_admin_app, make_metrics_app
@@ -86,6 +87,7 @@ class Node:
         self.http: HTTPServer | None = None
         self.quota: QuotaKeeper | None = None
         self.network: PeerNetwork | None = None
+        self.lan_advertiser: LanAdvertiser | None = None
         self._listeners: list[AiohttpListener] = []
         self._tasks: set[asyncio.Task] = set()
         self._housekeeping: asyncio.Task | None = None
@@ -171,6 +173,9 @@ class Node:
         await self.http.start(config.listen.host, config.listen.port)
         http = self.http
         self.metrics.open_connections.set_function(lambda: http.connection_count)
+        if config.lan_advertise:
+            self.lan_advertiser = LanAdvertiser(config.host_name, config.listen.host, http.port)
+            await self.lan_advertiser.start()
         admin = AiohttpListener(
             make_admin_app(self.metrics.registry, self.status, self.network.which),
             config.admin_listen.host,
@@ -205,6 +210,8 @@ class Node:
             self._housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._housekeeping
+        if self.lan_advertiser is not None:
+            await self.lan_advertiser.stop()
         if self.http is not None:
             await self.http.stop(grace=5.0)
         for listener in self._listeners:
@@ -376,6 +383,7 @@ class Node:
                 else None
             ),
             "dht": f"udp://{dht.address[0]}:{dht.address[1]}" if dht is not None else None,
+            "lan": self.lan_advertiser.name if self.lan_advertiser is not None else None,
         }
 
     async def status(self) -> dict[str, Any]:
