@@ -239,7 +239,7 @@ class Node:
         try:
             await self.start()
             await stopping.wait()
-            log.info("stopping (signal received)")
+            log.info("stop signal received; stopping the node")
         finally:
             await self.stop()
 
@@ -357,7 +357,11 @@ class Node:
                 await self._flush_access_times()
                 await self.refresh_gauges()
             except Exception:
-                log.exception("housekeeping failed")
+                log.exception(
+                    "housekeeping (saving access times, refreshing gauges) failed; it runs "
+                    "again in %.0f s",
+                    HOUSEKEEPING_INTERVAL,
+                )
 
     async def refresh_gauges(self) -> None:
         stats = await self.index.stats()
