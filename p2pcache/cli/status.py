@@ -97,6 +97,7 @@ def render_status(status: dict[str, Any], now: float) -> str:
         "admin": "admin and /metrics",
         "metrics": "/metrics only",
         "dht": "DHT",
+        "lan": "advertised on LAN",
     }
     for key, label in names.items():
         if endpoints.get(key):

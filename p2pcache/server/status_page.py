@@ -156,7 +156,8 @@ function show(s) {
   const dl = $("endpoints");
   dl.replaceChildren();
   const names = {guix: "Guix substitutes", peer: "peer API", admin: "admin and /metrics",
-                 metrics: "/metrics only", dht: "DHT"};
+                 metrics: "/metrics only", dht: "DHT",
+                 lan: "advertised on LAN"};
   for (const [key, label] of Object.entries(names)) {
     if (!s.endpoints[key]) continue;
     dl.appendChild(document.createElement("dt")).textContent = label;
