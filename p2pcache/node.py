@@ -259,15 +259,29 @@ class Node:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _sign_item(self, item: IndexedItem) -> IndexedItem:
-        """Make and store the signed narinfo part of an item the node vouches for itself."""
+    def _signed(self, item: IndexedItem) -> IndexedItem:
+        """`item` with the signed narinfo part and Signature line of this node's key."""
         assert self.key is not None
         signed = render_signed_part(
             item.store_path, item.nar_hash, item.nar_size, item.references, item.deriver
         )
         line = render_signature_line(signature_field(signed, self.key, self.config.host_name))
-        self._spawn(self.index.set_signature(item.hash_part, signed, line))
         return replace(item, signed_part=signed, signature=line)
+
+    def _sign_item(self, item: IndexedItem) -> IndexedItem:
+        """Make the signed narinfo part of an item the node vouches for itself, and store it
+        in the background (the Guix endpoint answers with it right away)."""
+        signed = self._signed(item)
+        self._spawn(self.index.set_signature(item.hash_part, signed.signed_part, signed.signature))
+        return signed
+
+    async def _sign_then_announce(self, item: IndexedItem) -> None:
+        """Store the item's signature, then announce it: peers that find it in the DHT are
+        offered only signed narinfos, so announcing before the signature is stored let a
+        fast peer ask too early and get "no such item" (seen under load, 2026-11-25)."""
+        signed = self._signed(item)
+        await self.index.set_signature(item.hash_part, signed.signed_part, signed.signature)
+        self._announce(signed)
 
     async def _resolve_miss(self, hash_part: str) -> IndexedItem | None:
         """An item the index does not know: the local store first (before its sync has
@@ -296,13 +310,17 @@ class Node:
             self._record_store_corrupt(item)
         if item is not None and item.is_baked:
             if item.signed_part is None or item.signature is None:
-                self._sign_item(item)  # peers are offered only signed narinfos
-            if self.network is not None:
-                self.network.announce([hash_part])
-                if item.origin is Origin.STORE and item.deriver:
-                    self._spawn(self._announce_outputs(item.deriver))
+                self._spawn(self._sign_then_announce(item))
+            else:
+                self._announce(item)
         if self.quota is not None:
             self.quota.request_check()
+
+    def _announce(self, item: IndexedItem) -> None:
+        if self.network is not None:
+            self.network.announce([item.hash_part])
+            if item.origin is Origin.STORE and item.deriver:
+                self._spawn(self._announce_outputs(item.deriver))
 
     async def _announce_outputs(self, deriver: str) -> None:
         """Announce the outputs of a derivation that this node holds in its cache, so that

@@ -74,7 +74,9 @@ async def status_story(tmp_path, store: TestStore) -> AsyncIterator[StatusStory]
         fetched = good.path.rsplit("/", 1)[-1]
         replies = await guix_client.narinfos(host, port, [fetched[:32], "0" * 32])
         replies += await guix_client.narinfos(host, port, [fetched[:32]])
-        assert [r.status for r in replies] == [200, 404, 200], [(r.status, r.body[:200]) for r in replies]
+        assert [r.status for r in replies] == [200, 404, 200], [
+            (r.status, r.body[:200]) for r in replies
+        ]
         nar = await guix_client.get(host, port, f"/nar/{fetched}")
         assert hashlib.sha256(nar.body).digest() == good.nar_sha256
         cut = await guix_client.get(seed.config.listen.host, seed.guix_port, f"/nar/{damaged}")
