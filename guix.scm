@@ -115,7 +115,8 @@ distributed hash table.")
     (propagated-inputs
      (append (map specification->package
                   '("python-pynacl" "python-zstandard" "python-aiohttp" "python-aiosqlite"
-                    "python-httptools" "python-uvloop" "python-prometheus-client"))
+                    "python-httptools" "python-uvloop" "python-prometheus-client"
+                    "python-zeroconf" "python-ifaddr"))
              (list python-kademlia python-rpcudp python-u-msgpack-python)))
     (home-page #f)                      ;no public home page yet
     (synopsis "Peer-to-peer binary substitute cache for GNU Guix")

@@ -117,6 +117,8 @@ class Config:
     log_level: str = "info"
     log_format: str = "text"
 
+    lan_advertise: bool = False
+
     def effective_zstd_threads(self) -> int:
         return self.zstd_threads or max(1, os.cpu_count() or 1)
 
@@ -248,6 +250,7 @@ OPTIONS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "cache.zstd_threads": ("zstd_threads", _int_range(0, 256)),
     "logging.level": ("log_level", _choice("debug", "info", "warning", "error")),
     "logging.format": ("log_format", _choice("text", "json")),
+    "lan.advertise": ("lan_advertise", _bool),
 }
 
 

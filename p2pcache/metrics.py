@@ -2,8 +2,11 @@
 
 Naming follows Prometheus' rules: `p2pcache_` prefix, base units (`_seconds`, `_bytes`),
 counters end in `_total`, labels take a small fixed set of values (an endpoint name, a status
-class, a reason word), never a store path or a peer address. Later parts of the node add
-their families here, so one module lists everything an operator can graph.
+class, a reason word), never a store path or a peer address. The Guix endpoint, cache,
+publisher and process families are here; two collectors add theirs to the same registry:
+net/network_metrics.py (transfers, the miss path, peers, DHT) and activity.py
+(`p2pcache_verification_failures_total{check}`). tests/integration/test_metrics_scrape.py
+lists every family the dashboard and alerts use and checks each is exported under traffic.
 """
 
 from __future__ import annotations
@@ -12,7 +15,14 @@ import platform
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+)
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -157,6 +167,9 @@ class NodeMetrics:
         r = self.registry
         self.build_info = Info("p2pcache_build", "Version of p2pcache and Python", registry=r)
         self.build_info.info({"version": __version__, "python": platform.python_version()})
+        # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds,
+        # process_start_time_seconds...: restarts and resource use on the dashboard.
+        ProcessCollector(registry=r)
 
         # The Guix endpoint.
         self.requests = RequestStats(LATENCY_BUCKETS)

@@ -13,19 +13,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import Executor
 
 import aiohttp
 
+from p2pcache.activity import RecentActivity
 from p2pcache.cache.index import CacheIndex, IndexedItem, Origin
 from p2pcache.cache.nar_store import NarStore
 from p2pcache.config import Config
 from p2pcache.errors import P2PCacheError
-from p2pcache.fetcher import FetchSettings, ItemFetcher
+from p2pcache.fetcher import FetchedNarMismatch, FetchSettings, ItemFetcher
 from p2pcache.guix.signing_key import GuixPublicKey, parse_acl
 from p2pcache.metrics import NodeMetrics
 from p2pcache.net.announcer import Announcer, AnnouncerConfig
+from p2pcache.net.baking_tee import NarHashMismatch
 from p2pcache.net.dht import DHTConfig, DHTNode
 from p2pcache.net.dht_routing import ContactLimits
 from p2pcache.net.identity import NodeIdentity, load_or_create_identity
@@ -45,6 +48,17 @@ log = logging.getLogger(__name__)
 
 # Cached items read from the index per page when queueing them all for announcing.
 ANNOUNCE_PAGE = 10_000
+
+# Peers listed by the status API (the best ones; the rest are counted).
+STATUS_PEERS = 20
+
+# Narinfo refusals that mean someone altered or forged it (not merely an unknown signer).
+FORGED_NARINFO_REASONS = frozenset(
+    {"invalid-signature", "hash-mismatch", "corrupt-signature", "wrong-item"}
+)
+
+# Chunk failure reasons from net/transfer that are failed checks, and the check they count as.
+CHUNK_CHECKS = {"bad-chunk": "chunk", "bad-table": "chunk_table"}
 
 
 def load_guix_acl(path) -> list[GuixPublicKey]:
@@ -78,6 +92,7 @@ class PeerNetwork:
         compress_executor: Executor,
         on_cached: Callable[[IndexedItem], None],
         sign_item: Callable[[IndexedItem], IndexedItem] | None = None,
+        activity: RecentActivity | None = None,
     ) -> None:
         self.config = config
         self.index = index
@@ -87,6 +102,7 @@ class PeerNetwork:
         self.compress_executor = compress_executor
         self.on_cached = on_cached
         self.sign_item = sign_item
+        self.activity = activity or RecentActivity()
         self.identity: NodeIdentity | None = None
         self.dht: DHTNode | None = None
         self.session: aiohttp.ClientSession | None = None
@@ -166,7 +182,7 @@ class PeerNetwork:
             sources,
             ResolverSettings(store_dir=config.store_dir, timeout=config.miss_timeout),
             on_outcome=self._miss_outcome,
-            on_rejected=lambda reason: self.counters.narinfos_refused.update([reason]),
+            on_rejected=self._narinfo_refused,
         )
         self.fetcher = ItemFetcher(
             self.index,
@@ -208,6 +224,23 @@ class PeerNetwork:
         self.counters.transfer_bytes["in"] += stats.bytes_in
         self.counters.chunk_failures.update(stats.chunk_failures)
         self.counters.failovers += stats.failovers
+        for reason, count in stats.chunk_failures.items():
+            check = CHUNK_CHECKS.get(reason)
+            if check is not None and count:
+                self.activity.verification_failed(
+                    check,
+                    f"{count} {check.replace('_', ' ')}(s) from peers failed the check "
+                    f"({reason}); the offending peers were blamed and others asked",
+                    source="peers",
+                    count=count,
+                )
+
+    def _narinfo_refused(self, reason: str) -> None:
+        self.counters.narinfos_refused.update([reason])
+        if reason in FORGED_NARINFO_REASONS:
+            self.activity.verification_failed(
+                "narinfo_signature", f"a relayed narinfo was refused: {reason}"
+            )
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -232,7 +265,33 @@ class PeerNetwork:
         assert self._peer_listener is not None
         return self._peer_listener.port
 
+    def peers_status(self) -> dict:
+        """Peers this node scored (best first, at most STATUS_PEERS) and the DHT's size."""
+        ranking = self.ranking
+        peers = [
+            {
+                "url": url,
+                "successes": score.successes,
+                "unavailable": score.unavailable,
+                "misbehaved": score.misbehaved,
+                "banned": ranking.is_banned(url),
+                "throughput_bytes_per_second": round(score.throughput or 0),
+            }
+            for url, score in sorted(ranking.scores.items(), key=lambda kv: kv[1].rank_key())
+        ]
+        return {
+            "known": len(ranking.scores),
+            "banned": ranking.banned_count(),
+            "dht_contacts": self.dht.stats.routing_table_size if self.dht is not None else 0,
+            "bootstrap": [str(b) for b in self.config.bootstrap],
+            "scored": peers[:STATUS_PEERS],
+        }
+
     # -- finding ------------------------------------------------------------------------------
+
+    async def providers_of(self, hash_part: str) -> list[str]:
+        """Peer URLs of the other nodes that announced holding an item (a DHT lookup)."""
+        return await self._find_providers(hash_part)
 
     async def _find_providers(self, hash_part: str) -> list[str]:
         if self.dht is None:
@@ -285,9 +344,29 @@ class PeerNetwork:
     def stream_item(self, item: IndexedItem) -> AsyncIterator[bytes]:
         """The NAR of an accepted item the cache does not hold yet, fetched as it is sent."""
         if item.origin is Origin.UPSTREAM:
-            return self._from_upstream(item)
+            return self._recorded(item, self._from_upstream(item))
         assert self.fetcher is not None
-        return self.fetcher.stream(item)
+        return self._recorded(item, self.fetcher.stream(item))
+
+    async def _recorded(
+        self, item: IndexedItem, stream: AsyncIterator[bytes]
+    ) -> AsyncIterator[bytes]:
+        """`stream`, with its end (complete, or failed and why) kept in the recent activity."""
+        source = "upstream" if item.origin is Origin.UPSTREAM else "peers"
+        started = time.monotonic()
+        try:
+            async for piece in stream:
+                yield piece
+        except P2PCacheError as e:
+            seconds = time.monotonic() - started
+            self.activity.transfer(item.basename, source, "failed", 0, seconds, str(e))
+            if isinstance(e, FetchedNarMismatch | NarHashMismatch):
+                self.activity.verification_failed(
+                    "nar_hash", str(e), item=item.basename, source=source
+                )
+            raise
+        seconds = time.monotonic() - started
+        self.activity.transfer(item.basename, source, "ok", item.nar_size, seconds)
 
     async def _from_upstream(self, item: IndexedItem) -> AsyncIterator[bytes]:
         assert self.upstream is not None and self.resolver is not None

@@ -19,6 +19,7 @@ from dataclasses import replace
 from typing import Any
 
 from p2pcache import __version__
+from p2pcache.activity import RecentActivity
 from p2pcache.cache.index import CacheIndex, IndexedItem, Origin, State
 from p2pcache.cache.nar_store import NarStore
 from p2pcache.cache.quota import QuotaKeeper
@@ -35,6 +36,7 @@ from p2pcache.guix.signing_key import (
 )
 from p2pcache.guix.store_db import GuixStoreDatabase
 from p2pcache.metrics import NodeMetrics
+from p2pcache.net.lan_advertiser import LanAdvertiser
 from p2pcache.network import PeerNetwork
 from p2pcache.publisher import Publisher, PublisherSettings, new_item_from_store
 from p2pcache.server.admin_app import AiohttpListener, make_admin_app, make_metrics_app
@@ -71,6 +73,8 @@ class Node:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.metrics = NodeMetrics()
+        self.activity = RecentActivity()
+        self.metrics.registry.register(self.activity)
         self.index = CacheIndex(config.data_dir / "index.sqlite")
         self.nar_store = NarStore(config.data_dir / "nar")
         threads = config.effective_zstd_threads()
@@ -83,6 +87,7 @@ class Node:
         self.http: HTTPServer | None = None
         self.quota: QuotaKeeper | None = None
         self.network: PeerNetwork | None = None
+        self.lan_advertiser: LanAdvertiser | None = None
         self._listeners: list[AiohttpListener] = []
         self._tasks: set[asyncio.Task] = set()
         self._housekeeping: asyncio.Task | None = None
@@ -160,12 +165,18 @@ class Node:
             compress_executor=self.compress_executor,
             on_cached=lambda item: self._item_changed(item.hash_part),
             sign_item=self._sign_item,
+            activity=self.activity,
         )
         await self.network.start()
         self.endpoint.resolve_miss = self._resolve_miss
         self.endpoint.remote_stream = self.network.stream_item
         self.http = HTTPServer(self.endpoint.handle, limits, self.metrics.requests)
         await self.http.start(config.listen.host, config.listen.port)
+        http = self.http
+        self.metrics.open_connections.set_function(lambda: http.connection_count)
+        if config.lan_advertise:
+            self.lan_advertiser = LanAdvertiser(config.host_name, config.listen.host, http.port)
+            await self.lan_advertiser.start()
         admin = AiohttpListener(
             make_admin_app(self.metrics.registry, self.status, self.network.which),
             config.admin_listen.host,
@@ -200,6 +211,8 @@ class Node:
             self._housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._housekeeping
+        if self.lan_advertiser is not None:
+            await self.lan_advertiser.stop()
         if self.http is not None:
             await self.http.stop(grace=5.0)
         for listener in self._listeners:
@@ -227,7 +240,7 @@ class Node:
         try:
             await self.start()
             await stopping.wait()
-            log.info("stopping (signal received)")
+            log.info("stop signal received; stopping the node")
         finally:
             await self.stop()
 
@@ -247,15 +260,29 @@ class Node:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _sign_item(self, item: IndexedItem) -> IndexedItem:
-        """Make and store the signed narinfo part of an item the node vouches for itself."""
+    def _signed(self, item: IndexedItem) -> IndexedItem:
+        """`item` with the signed narinfo part and Signature line of this node's key."""
         assert self.key is not None
         signed = render_signed_part(
             item.store_path, item.nar_hash, item.nar_size, item.references, item.deriver
         )
         line = render_signature_line(signature_field(signed, self.key, self.config.host_name))
-        self._spawn(self.index.set_signature(item.hash_part, signed, line))
         return replace(item, signed_part=signed, signature=line)
+
+    def _sign_item(self, item: IndexedItem) -> IndexedItem:
+        """Make the signed narinfo part of an item the node vouches for itself, and store it
+        in the background (the Guix endpoint answers with it right away)."""
+        signed = self._signed(item)
+        self._spawn(self.index.set_signature(item.hash_part, signed.signed_part, signed.signature))
+        return signed
+
+    async def _sign_then_announce(self, item: IndexedItem) -> None:
+        """Store the item's signature, then announce it: peers that find it in the DHT are
+        offered only signed narinfos, so announcing before the signature is stored let a
+        fast peer ask too early and get "no such item" (seen under load, 2026-11-25)."""
+        signed = self._signed(item)
+        await self.index.set_signature(item.hash_part, signed.signed_part, signed.signature)
+        self._announce(signed)
 
     async def _resolve_miss(self, hash_part: str) -> IndexedItem | None:
         """An item the index does not know: the local store first (before its sync has
@@ -280,15 +307,21 @@ class Node:
     def _item_changed(self, hash_part: str) -> None:
         self._forget(hash_part)
         item = self.index.get(hash_part)
+        if item is not None and item.state is State.CORRUPT and item.origin is Origin.STORE:
+            self._record_store_corrupt(item)
         if item is not None and item.is_baked:
             if item.signed_part is None or item.signature is None:
-                self._sign_item(item)  # peers are offered only signed narinfos
-            if self.network is not None:
-                self.network.announce([hash_part])
-                if item.origin is Origin.STORE and item.deriver:
-                    self._spawn(self._announce_outputs(item.deriver))
+                self._spawn(self._sign_then_announce(item))
+            else:
+                self._announce(item)
         if self.quota is not None:
             self.quota.request_check()
+
+    def _announce(self, item: IndexedItem) -> None:
+        if self.network is not None:
+            self.network.announce([item.hash_part])
+            if item.origin is Origin.STORE and item.deriver:
+                self._spawn(self._announce_outputs(item.deriver))
 
     async def _announce_outputs(self, deriver: str) -> None:
         """Announce the outputs of a derivation that this node holds in its cache, so that
@@ -311,7 +344,17 @@ class Node:
 
     def _store_item_corrupt(self, item: IndexedItem) -> None:
         self.metrics.store_corrupt.inc()
+        self._record_store_corrupt(item)
         self._spawn(self.index.mark_corrupt(item.hash_part))
+
+    def _record_store_corrupt(self, item: IndexedItem) -> None:
+        self.activity.verification_failed(
+            "store_nar_hash",
+            "the local store's copy does not hash to the NarHash in the Guix database; "
+            "it is not served (check the store with: guix gc --verify=contents)",
+            item=item.basename,
+            source="local store",
+        )
 
     def _cached_file_missing(self, item: IndexedItem) -> None:
         """A cached NAR vanished from disk: a store item falls back to the store, others go."""
@@ -336,7 +379,11 @@ class Node:
                 await self._flush_access_times()
                 await self.refresh_gauges()
             except Exception:
-                log.exception("housekeeping failed")
+                log.exception(
+                    "housekeeping (saving access times, refreshing gauges) failed; it runs "
+                    "again in %.0f s",
+                    HOUSEKEEPING_INTERVAL,
+                )
 
     async def refresh_gauges(self) -> None:
         stats = await self.index.stats()
@@ -346,18 +393,47 @@ class Node:
         self.metrics.cache_items.labels(str(State.UNBAKED)).set(
             stats.items - stats.baked - stats.corrupt
         )
-        if self.http is not None:
-            self.metrics.open_connections.set(self.http.connection_count)
+
+    def endpoints(self) -> dict[str, str | None]:
+        """The URLs of every listener, as this node reached them (ports resolved)."""
+        config = self.config
+        metrics = self._listeners[1].port if len(self._listeners) > 1 else None
+        dht = self.network.dht if self.network is not None else None
+        return {
+            "guix": f"http://{config.listen.host}:{self.guix_port}",
+            "peer": self.network.peer_url if self.network is not None else None,
+            "admin": f"http://{config.admin_listen.host}:{self.admin_port}",
+            "metrics": (
+                f"http://{config.metrics_listen.host}:{metrics}/metrics"
+                if config.metrics_listen is not None and metrics is not None
+                else None
+            ),
+            "dht": f"udp://{dht.address[0]}:{dht.address[1]}" if dht is not None else None,
+            "lan": self.lan_advertiser.name if self.lan_advertiser is not None else None,
+        }
 
     async def status(self) -> dict[str, Any]:
-        """What `p2pcache status` and the status page show."""
+        """What `p2pcache status` and the status page show (GET /api/v1/status)."""
         stats = await self.index.stats()
         hits = self.metrics.narinfo_lookups.hits
         misses = self.metrics.narinfo_lookups.misses
+        quota = self.config.cache_max_size
         return {
             "version": __version__,
             "pid": os.getpid(),
+            "started_at": self.started_at,
             "uptime_seconds": round(time.time() - self.started_at, 1),
+            "identity": {
+                "host_name": self.config.host_name,
+                "node_id": (
+                    self.network.identity.node_id.hex()
+                    if self.network is not None and self.network.identity is not None
+                    else None
+                ),
+                "signing_key": str(self.config.data_dir / PUBLIC_KEY_FILE),
+                "data_dir": str(self.config.data_dir),
+            },
+            "endpoints": self.endpoints(),
             "guix_endpoint": f"http://{self.config.listen.host}:{self.guix_port}",
             "store": {
                 "store_dir": self.config.store_dir,
@@ -370,11 +446,14 @@ class Node:
                 "baked": stats.baked,
                 "corrupt": stats.corrupt,
                 "size_bytes": stats.cached_bytes,
-                "max_size_bytes": self.config.cache_max_size,
+                "max_size_bytes": quota,
+                "used_ratio": round(stats.cached_bytes / quota, 4) if quota else None,
             },
             "narinfo": {
                 "hits": int(hits),
                 "misses": int(misses),
                 "hit_ratio": round(hits / (hits + misses), 4) if hits + misses else None,
             },
+            "peers": self.network.peers_status() if self.network is not None else None,
+            **self.activity.as_dict(),
         }

@@ -113,11 +113,15 @@ class Publisher:
         try:
             await self.store_db.open()
         except StoreDatabaseNotFound as e:
-            log.warning("%s; publishing nothing from a local store", e)
+            log.warning("this node publishes nothing from a local store: %s", e)
             self.synced.set()
             return
         except P2PCacheError as e:
-            log.warning("cannot read the Guix store database: %s; publishing nothing", e)
+            log.warning(
+                "this node publishes nothing from a local store: the Guix store database "
+                "cannot be read: %s",
+                e,
+            )
             self.synced.set()
             return
         self.available = True

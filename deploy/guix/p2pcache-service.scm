@@ -132,6 +132,9 @@
   ;; [trust]
   (guix-acl      p2pcache-configuration-guix-acl          ;string
                  (default "/etc/guix/acl"))
+  ;; [lan]
+  (lan-advertise? p2pcache-configuration-lan-advertise?   ;boolean; mDNS, like
+                  (default #f))                            ;`guix publish --advertise'
   ;; [admin]
   (admin-listen  p2pcache-configuration-admin-listen      ;"HOST:PORT"
                  (default "127.0.0.1:8082"))
@@ -182,6 +185,7 @@
     ("dht" "announce_keys_per_second" ,p2pcache-configuration-announce-keys-per-second number)
     ("upstream" "urls" ,p2pcache-configuration-upstreams strings)
     ("trust" "guix_acl" ,p2pcache-configuration-guix-acl string)
+    ("lan" "advertise" ,p2pcache-configuration-lan-advertise? boolean)
     ("admin" "listen" ,p2pcache-configuration-admin-listen string)
     ("admin" "metrics_listen" ,p2pcache-configuration-metrics-listen optional-string)
     ("cache" "max_size" ,p2pcache-configuration-cache-max-size size)

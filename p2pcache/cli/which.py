@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import urllib.error
-import urllib.request
 
+from p2pcache.cli.admin_client import get_json
 from p2pcache.cli.options import add_node_options, config_from_args
 from p2pcache.errors import P2PCacheError
 from p2pcache.guix.store_path import parse_store_path
@@ -35,12 +34,7 @@ def run_which(args: argparse.Namespace) -> int:
     drv = parse_store_path(args.derivation, config.store_dir)
     if not drv.name.endswith(".drv"):
         raise P2PCacheError(f"{args.derivation} is not a derivation (.drv) store path")
-    url = f"http://{config.admin_listen}/api/v1/which/{drv.hash_part}"
-    try:
-        with urllib.request.urlopen(url, timeout=30) as response:
-            answer = json.loads(response.read(1 << 20))
-    except (urllib.error.URLError, OSError) as e:
-        raise P2PCacheError(f"cannot reach the node's admin listener at {url}: {e}") from None
+    answer = get_json(config.admin_listen, f"/api/v1/which/{drv.hash_part}")
     holders = answer.get("holders", [])
     if args.json:
         print(json.dumps(answer, indent=1))

@@ -303,8 +303,8 @@ class GuixStoreDatabase:
         for attempt in range(1, self._open_attempts + 1):
             if not self.db_path.is_file():
                 raise StoreDatabaseNotFound(
-                    f"the Guix store database {self.db_path} does not exist; is Guix installed, "
-                    "and is this the right path for the store database?"
+                    f"the Guix store database {self.db_path} does not exist (is Guix installed, "
+                    "and is store.db the right path?)"
                 )
             try:
                 self._conn = await self._connect()

@@ -168,7 +168,7 @@ class DHTProtocol(KademliaProtocol):
         try:
             reason = self._handle_datagram(data, addr)
         except Exception:
-            log.debug("a datagram from %s raised while being handled", addr, exc_info=True)
+            log.debug("dropped a DHT datagram from %s: handling it failed", addr, exc_info=True)
             reason = "error"
         if reason is not None:
             stats.datagrams_dropped[reason] += 1

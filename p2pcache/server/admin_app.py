@@ -1,4 +1,6 @@
-"""The admin listener (aiohttp): /metrics, health and the status API used by `p2pcache status`.
+"""The admin listener (aiohttp): /metrics, health, the status page and the admin API.
+
+The status API (/api/v1/status) is what `p2pcache status` and the status page (/) read.
 
 Meant for this machine only (it binds to loopback by default). A Prometheus on another host
 scrapes the separate metrics-only listener instead, which serves nothing but /metrics.
@@ -12,6 +14,8 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from p2pcache.server.status_page import status_page
 
 _NIX32_HASH = re.compile(r"[0-9a-df-np-sv-z]{32}")
 
@@ -56,6 +60,8 @@ def make_admin_app(
             return web.json_response({"error": "not a derivation hash"}, status=404)
         return web.json_response({"derivation": drv_hash, "holders": await which(drv_hash)})
 
+    app.router.add_get("/", status_page)
+    app.router.add_get("/status", status_page)
     app.router.add_get("/healthz", health)
     app.router.add_get("/api/v1/status", status_json)
     app.router.add_get("/api/v1/which/{hash}", which_json)

@@ -82,7 +82,9 @@ def test_serve_without_guix_says_so_once_and_runs(tmp_path):
         ]
     )  # fmt: skip
     try:
-        wait_for_line(proc, r'"message": ".*does not exist; .*publishing nothing')
+        wait_for_line(
+            proc, r'"message": "this node publishes nothing from a local store: .*does not exist'
+        )
         wait_for_line(proc, r"serving Guix substitutes")
     finally:
         proc.send_signal(signal.SIGINT)
