@@ -171,6 +171,14 @@ class BundleStore:
             ).fetchone()
         return OwnCheckpoint(size, bytes(row[0]))
 
+    def own_checkpoint(self, size: int) -> OwnCheckpoint | None:
+        """The checkpoint this node signed for its own tree of `size` leaves, if it signed one."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT note FROM own_checkpoints WHERE size = ?", (size,)
+            ).fetchone()
+        return None if row is None else OwnCheckpoint(size, bytes(row[0]))
+
     def latest_own_checkpoint(self) -> OwnCheckpoint | None:
         """The checkpoint of the largest own tree signed so far."""
         with self._lock:

@@ -59,6 +59,8 @@ def test_the_latest_own_checkpoint_is_the_largest_tree(tmp_path, store):
         store.record_own_checkpoint(note)
     latest = store.latest_own_checkpoint()
     assert (latest.size, latest.note) == (3, notes[2])
+    assert store.own_checkpoint(1).note == notes[0]
+    assert store.own_checkpoint(4) is None
 
 
 def test_carried_bundles_are_kept_per_builder_the_largest_tree_winning(tmp_path, store):
