@@ -9,7 +9,7 @@ something malformed or oversized: try another and hold it against that peer).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -66,6 +66,14 @@ class PeerLimits:
 
 def peer_url(base: str, path: str) -> str:
     return base.rstrip("/") + path
+
+
+def _proof_length(length: Callable[[int, int], int], first: int, second: int) -> int:
+    """The number of hashes a proof for these parameters has; ValueError if there is none."""
+    try:
+        return length(first, second)
+    except ProofError as e:
+        raise ValueError(str(e)) from None
 
 
 class PeerClient:
@@ -156,10 +164,7 @@ class PeerClient:
         The proof has exactly the number of hashes RFC 9162 gives for (index, size), or the
         peer misbehaved; whether it leads to a checkpoint's root is for merkle_proof to say.
         """
-        try:
-            expected = inclusion_proof_length(index, size)
-        except ProofError as e:
-            raise ValueError(str(e)) from None
+        expected = _proof_length(inclusion_proof_length, index, size)
         url = peer_url(base, f"/p2p/v1/log/inclusion/{index}/{size}")
         return await self._proof(url, expected)
 
@@ -170,10 +175,7 @@ class PeerClient:
         missing proof is not evidence of anything). A proof of the wrong length is misbehaviour;
         whether it verifies between two checkpoints is for merkle_proof to say.
         """
-        try:
-            expected = consistency_proof_length(old, new)
-        except ProofError as e:
-            raise ValueError(str(e)) from None
+        expected = _proof_length(consistency_proof_length, old, new)
         url = peer_url(base, f"/p2p/v1/log/consistency/{old}/{new}")
         return await self._proof(url, expected)
 

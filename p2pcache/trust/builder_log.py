@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 
 import nacl.signing
 
@@ -26,6 +25,7 @@ from p2pcache.trust.attestation_bundle import AttestationBundle, render_bundle
 from p2pcache.trust.bundle_store import BundleStore, OwnCheckpoint
 from p2pcache.trust.checkpoint import builder_origin
 from p2pcache.trust.merkle_log import MerkleLog
+from p2pcache.trust.sqlite_file import ClosesOnExit
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def hash_part_of(store_path: str) -> str:
     return store_path.rsplit("/", 1)[-1][:32]
 
 
-class BuilderLog:
+class BuilderLog(ClosesOnExit):
     """This node's attestation log: append, sign checkpoints, make bundles and proofs."""
 
     def __init__(self, log: MerkleLog, bundles: BundleStore, signing_key: nacl.signing.SigningKey):
@@ -73,17 +73,6 @@ class BuilderLog:
     def close(self) -> None:
         self.log.close()
         self.bundles.close()
-
-    def __enter__(self) -> BuilderLog:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     @property
     def size(self) -> int:

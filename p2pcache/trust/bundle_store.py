@@ -19,19 +19,18 @@ Synchronous sqlite3 in WAL mode, like the log; a lock serializes threads.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 from p2pcache.errors import P2PCacheError
 from p2pcache.guix.store_path import parse_store_path
 from p2pcache.trust.attestation_bundle import AttestationBundle, render_bundle
 from p2pcache.trust.checkpoint import MAX_CHECKPOINT_SIZE, parse_checkpoint
 from p2pcache.trust.signed_note import parse_note
+from p2pcache.trust.sqlite_file import ClosesOnExit, open_durable, write_transaction
 
 MAX_CARRIED_PER_ITEM = 16
 """Builders whose bundles a node carries per item: a quorum is 2 by default, trust files short."""
@@ -69,35 +68,17 @@ class OwnCheckpoint:
     note: bytes
 
 
-class BundleStore:
+class BundleStore(ClosesOnExit):
     """Own log entries by item, own checkpoints, and carried bundles, in one SQLite file."""
 
     def __init__(self, path: str | Path, *, now: Callable[[], float] = time.time) -> None:
         self._now = now
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-        except BaseException:
-            self._db.close()
-            raise
+        self._db = open_durable(path, _SCHEMA)
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-    def __enter__(self) -> BundleStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- own log entries ---------------------------------------------------------------------
 
@@ -115,31 +96,22 @@ class BundleStore:
 
         Requires first_index == indexed_size: entries are filed in log order, once.
         """
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._db.execute(
-                    "SELECT value FROM store_meta WHERE key = 'indexed_size'"
-                ).fetchone()
-                indexed = 0 if row is None else row[0]
-                if first_index != indexed:
-                    raise BundleStoreError(
-                        f"own log entries are filed up to {indexed}, not {first_index}"
-                    )
-                self._db.executemany(
-                    "INSERT INTO own_entries (leaf_index, hash_part) VALUES (?, ?)",
-                    [(first_index + i, h) for i, h in enumerate(hash_parts)],
+        with self._lock, write_transaction(self._db) as db:
+            row = db.execute("SELECT value FROM store_meta WHERE key = 'indexed_size'").fetchone()
+            indexed = 0 if row is None else row[0]
+            if first_index != indexed:
+                raise BundleStoreError(
+                    f"own log entries are filed up to {indexed}, not {first_index}"
                 )
-                self._db.execute(
-                    "INSERT INTO store_meta (key, value) VALUES ('indexed_size', ?)"
-                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    (first_index + len(hash_parts),),
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
+            db.executemany(
+                "INSERT INTO own_entries (leaf_index, hash_part) VALUES (?, ?)",
+                [(first_index + i, h) for i, h in enumerate(hash_parts)],
+            )
+            db.execute(
+                "INSERT INTO store_meta (key, value) VALUES ('indexed_size', ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (first_index + len(hash_parts),),
+            )
 
     def own_indexes(self, hash_part: str) -> list[int]:
         """The own log leaves that attest this item, oldest first."""
@@ -207,32 +179,24 @@ class BundleStore:
             parse_note(bundle.checkpoint, max_size=MAX_CHECKPOINT_SIZE).text
         ).size
         data = render_bundle(bundle)
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._db.execute(
-                    "SELECT tree_size FROM carried WHERE hash_part = ? AND builder = ?",
-                    (hash_part, attestation.builder),
-                ).fetchone()
-                if row is not None and row[0] >= tree_size:
-                    self._db.execute("COMMIT")
-                    return False
-                self._db.execute(
-                    "INSERT OR REPLACE INTO carried"
-                    " (hash_part, builder, tree_size, bundle, received_at) VALUES (?, ?, ?, ?, ?)",
-                    (hash_part, attestation.builder, tree_size, data, self._now()),
-                )
-                self._db.execute(
-                    "DELETE FROM carried WHERE hash_part = ? AND builder IN ("
-                    " SELECT builder FROM carried WHERE hash_part = ?"
-                    " ORDER BY received_at DESC, builder LIMIT -1 OFFSET ?)",
-                    (hash_part, hash_part, MAX_CARRIED_PER_ITEM),
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
+        with self._lock, write_transaction(self._db) as db:
+            row = db.execute(
+                "SELECT tree_size FROM carried WHERE hash_part = ? AND builder = ?",
+                (hash_part, attestation.builder),
+            ).fetchone()
+            if row is not None and row[0] >= tree_size:
+                return False
+            db.execute(
+                "INSERT OR REPLACE INTO carried"
+                " (hash_part, builder, tree_size, bundle, received_at) VALUES (?, ?, ?, ?, ?)",
+                (hash_part, attestation.builder, tree_size, data, self._now()),
+            )
+            db.execute(
+                "DELETE FROM carried WHERE hash_part = ? AND builder IN ("
+                " SELECT builder FROM carried WHERE hash_part = ?"
+                " ORDER BY received_at DESC, builder LIMIT -1 OFFSET ?)",
+                (hash_part, hash_part, MAX_CARRIED_PER_ITEM),
+            )
         return True
 
     def carried(self, hash_part: str) -> list[bytes]:
