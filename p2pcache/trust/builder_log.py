@@ -20,11 +20,16 @@ from pathlib import Path
 
 import nacl.signing
 
-from p2pcache.trust.attestation import SignedAttestation, parse_attestation, render_attestation
+from p2pcache.trust.attestation import (
+    HEADER,
+    SignedAttestation,
+    parse_attestation,
+    render_attestation,
+)
 from p2pcache.trust.attestation_bundle import AttestationBundle, render_bundle
 from p2pcache.trust.bundle_store import BundleStore, OwnCheckpoint
 from p2pcache.trust.checkpoint import builder_origin
-from p2pcache.trust.merkle_log import MerkleLog
+from p2pcache.trust.merkle_log import LogCorruptError, MerkleLog
 from p2pcache.trust.sqlite_file import ClosesOnExit
 
 log = logging.getLogger(__name__)
@@ -40,6 +45,22 @@ _INDEX_BATCH = 10_000
 def hash_part_of(store_path: str) -> str:
     """The 32-character hash part of a full store path (already checked by the parser)."""
     return store_path.rsplit("/", 1)[-1][:32]
+
+
+def _store_path_of_leaf(leaf: bytes) -> str:
+    """The StorePath of an attestation in this node's own log, read without a full parse.
+
+    Only this node writes its log, and only attestations it rendered itself (checked when
+    appended), so the third line is the StorePath; anything else means the file is not ours.
+    """
+    lines = leaf.split(b"\n", 3)
+    prefix = b"StorePath: "
+    if len(lines) < 4 or lines[0] != HEADER.encode() or not lines[2].startswith(prefix):
+        raise LogCorruptError("a leaf of this builder's log is not an attestation")
+    try:
+        return lines[2][len(prefix) :].decode("ascii")
+    except UnicodeDecodeError:
+        raise LogCorruptError("a leaf of this builder's log is not an attestation") from None
 
 
 class BuilderLog(ClosesOnExit):
@@ -67,7 +88,11 @@ class BuilderLog(ClosesOnExit):
             merkle_log.close()
             raise
         builder_log = cls(merkle_log, bundles, signing_key)
-        builder_log.file_entries()
+        try:
+            builder_log.file_entries()
+        except BaseException:
+            builder_log.close()
+            raise
         return builder_log
 
     def close(self) -> None:
@@ -86,7 +111,10 @@ class BuilderLog(ClosesOnExit):
             if signed.attestation.builder != self.public_key:
                 raise ValueError("only this node's own attestations go into its log")
         indexes = self.log.append_many(render_attestation(a) for a in attestations)
-        self.file_entries()
+        if self.bundles.indexed_size == indexes.start:
+            hash_parts = [hash_part_of(a.attestation.store_path) for a in attestations]
+            self.bundles.record_own(indexes.start, hash_parts)
+        self.file_entries()  # only if another writer appended meanwhile
         return indexes
 
     def file_entries(self) -> None:
@@ -96,8 +124,7 @@ class BuilderLog(ClosesOnExit):
         while filed < size:
             end = min(size, filed + _INDEX_BATCH)
             hash_parts = [
-                hash_part_of(parse_attestation(self.log.leaf(i)).attestation.store_path)
-                for i in range(filed, end)
+                hash_part_of(_store_path_of_leaf(self.log.leaf(i))) for i in range(filed, end)
             ]
             self.bundles.record_own(filed, hash_parts)
             filed = end

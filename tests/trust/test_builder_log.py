@@ -6,7 +6,7 @@ from p2pcache.trust.attestation_bundle import parse_bundle, verify_bundle
 from p2pcache.trust.builder_log import BuilderLog
 from p2pcache.trust.checkpoint import verify_checkpoint
 from p2pcache.trust.checkpoint_store import CheckpointStore, Outcome
-from p2pcache.trust.merkle_log import MerkleLog
+from p2pcache.trust.merkle_log import LogCorruptError, MerkleLog
 from p2pcache.trust.merkle_proof import verify_consistency
 from tests.trust.builders import builder_key, hash_part, signed_attestation, store_path
 
@@ -97,3 +97,12 @@ def test_a_log_file_of_another_key_is_not_opened_as_this_ones(tmp_path):
         pass
     with pytest.raises(Exception, match="belongs to"):
         BuilderLog.open(tmp_path, builder_key("a new identity"))
+
+
+def test_a_log_holding_something_other_than_attestations_is_refused_as_corrupt(tmp_path):
+    with BuilderLog.open(tmp_path, KEY) as log:
+        origin = log.origin
+    with MerkleLog(tmp_path / "trust" / "log.sqlite", origin) as raw:
+        raw.append(b"not an attestation\n")
+    with pytest.raises(LogCorruptError):
+        BuilderLog.open(tmp_path, KEY)
