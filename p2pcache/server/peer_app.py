@@ -190,7 +190,8 @@ class PeerAPI:
     def _bundles_for(self, hash_part: str) -> list[bytes]:
         """Own bundle first, then carried ones, as many as fit the list's bounds."""
         assert self.builder_log is not None
-        own = self.builder_log.own_bundle(hash_part)
+        # Entries an `attest` run appended without signing (it was cut short) get signed now.
+        own = self.builder_log.own_bundle(hash_part, self.builder_log.checkpoint())
         candidates = ([own] if own is not None else []) + self.builder_log.bundles.carried(
             hash_part
         )

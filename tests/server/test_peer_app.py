@@ -131,3 +131,14 @@ async def test_the_client_fetches_what_a_verifier_needs(tmp_path, builder_a):
         assert await client.fetch_attestations(url, "0" * 32) == []
         assert await client.fetch_inclusion_proof(url, 0, 6) is None
         assert await client.fetch_consistency_proof(url, 3, 9) is None
+
+
+async def test_entries_logged_without_a_checkpoint_are_served_under_a_fresh_one(tmp_path):
+    with BuilderLog.open(tmp_path / "a", A) as log:
+        log.append([signed_attestation(A, PATHS[0])])  # an attest run cut short here
+        assert log.bundles.latest_own_checkpoint() is None
+        async with builder_server(tmp_path, log, "127.0.12.6") as (url, _):
+            status, body = await get(url + f"/p2p/v1/attestations/{hash_part(PATHS[0])}")
+        assert status == 200
+        (bundle,) = parse_bundle_list(body)
+        assert verify_bundle(parse_bundle(bundle), public(A), PATHS[0]).checkpoint.size == 1
