@@ -20,6 +20,7 @@ from typing import Any
 from p2pcache.errors import P2PCacheError
 from p2pcache.guix.store_path import DEFAULT_STORE_DIR, check_store_dir
 from p2pcache.paths import default_data_dir
+from p2pcache.trust.build_log import DEFAULT_BUILD_LOG_DIR
 
 # A configuration file is a few KiB; anything much larger is a mistake, not a config.
 MAX_CONFIG_SIZE = 1 << 20
@@ -113,6 +114,8 @@ class Config:
     zstd_threads: int = 0
     bake_new_items: bool = True
     db_poll_interval: float = 10.0
+
+    build_log_dir: Path = DEFAULT_BUILD_LOG_DIR
 
     log_level: str = "info"
     log_format: str = "text"
@@ -248,6 +251,7 @@ OPTIONS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "cache.max_size": ("cache_max_size", parse_size),
     "cache.zstd_level": ("zstd_level", _int_range(1, 19)),
     "cache.zstd_threads": ("zstd_threads", _int_range(0, 256)),
+    "builder.build_log_dir": ("build_log_dir", _path),
     "logging.level": ("log_level", _choice("debug", "info", "warning", "error")),
     "logging.format": ("log_format", _choice("text", "json")),
     "lan.advertise": ("lan_advertise", _bool),

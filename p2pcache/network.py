@@ -43,6 +43,7 @@ from p2pcache.resolver import Candidate, MissResolver, ResolverSettings
 from p2pcache.server.admin_app import AiohttpListener
 from p2pcache.server.peer_app import PeerAPI
 from p2pcache.server.streaming import hold_back_last
+from p2pcache.trust.builder_log import BuilderLog
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,8 @@ class PeerNetwork:
         self.sign_item = sign_item
         self.activity = activity or RecentActivity()
         self.identity: NodeIdentity | None = None
+        self.builder_log: BuilderLog | None = None
+        """This node's attestation log and the bundles it holds (own and carried)."""
         self.dht: DHTNode | None = None
         self.session: aiohttp.ClientSession | None = None
         self.upstream: UpstreamClient | None = None
@@ -130,6 +133,7 @@ class PeerNetwork:
     async def start(self) -> None:
         config = self.config
         self.identity = load_or_create_identity(config.data_dir)
+        self.builder_log = BuilderLog.open(config.data_dir, self.identity.signing_key)
         acl = load_guix_acl(config.guix_acl)
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=256, limit_per_host=16),
@@ -147,6 +151,8 @@ class PeerNetwork:
             executor=self.io_executor,
             on_served=self._served,
             sign_item=self.sign_item,
+            builder_log=self.builder_log,
+            on_log_served=lambda kind, count: self.counters.log_served.update({kind: count}),
         )
         self._peer_listener = AiohttpListener(
             api.application(), config.peer_listen.host, config.peer_listen.port
@@ -259,6 +265,8 @@ class PeerNetwork:
             await self.upstream.stop()
         if self.session is not None:
             await self.session.close()
+        if self.builder_log is not None:
+            self.builder_log.close()
 
     @property
     def peer_port(self) -> int:
@@ -419,6 +427,8 @@ class PeerNetwork:
         """Items gone from the cache: no longer re-announced (their records expire)."""
         if self.announcer is not None:
             self.announcer.withdraw(hash_parts)
+        if self.builder_log is not None:
+            self.builder_log.bundles.forget_carried(hash_parts)
 
     def announce_outputs(self, drv_hash_part: str, outputs: dict[str, str]) -> None:
         """Announce which outputs (name -> store path) of a derivation this node holds."""

@@ -135,6 +135,9 @@
   ;; [lan]
   (lan-advertise? p2pcache-configuration-lan-advertise?   ;boolean; mDNS, like
                   (default #f))                            ;`guix publish --advertise'
+  ;; [builder]
+  (build-log-directory p2pcache-configuration-build-log-directory ;string; what
+                       (default "/var/log/guix"))     ;`p2pcache attest' takes as evidence
   ;; [admin]
   (admin-listen  p2pcache-configuration-admin-listen      ;"HOST:PORT"
                  (default "127.0.0.1:8082"))
@@ -186,6 +189,7 @@
     ("upstream" "urls" ,p2pcache-configuration-upstreams strings)
     ("trust" "guix_acl" ,p2pcache-configuration-guix-acl string)
     ("lan" "advertise" ,p2pcache-configuration-lan-advertise? boolean)
+    ("builder" "build_log_dir" ,p2pcache-configuration-build-log-directory string)
     ("admin" "listen" ,p2pcache-configuration-admin-listen string)
     ("admin" "metrics_listen" ,p2pcache-configuration-metrics-listen optional-string)
     ("cache" "max_size" ,p2pcache-configuration-cache-max-size size)

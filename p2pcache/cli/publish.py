@@ -49,7 +49,10 @@ def run_publish(args: argparse.Namespace) -> int:
     return asyncio.run(publish(config, args.paths, everything=args.all))
 
 
-async def _select(db: GuixStoreDatabase, config: Config, paths: list[str]) -> list[StoreItemInfo]:
+async def select_store_items(
+    db: GuixStoreDatabase, config: Config, paths: list[str]
+) -> list[StoreItemInfo]:
+    """The database rows of the named store paths; raises if one is not a valid path."""
     chosen: list[StoreItemInfo] = []
     for path in paths:
         parse_store_path(path, config.store_dir)
@@ -77,7 +80,7 @@ async def publish(config: Config, paths: list[str], *, everything: bool) -> int:
             if everything:
                 items = [i async for batch in db.iter_valid_paths() for i in batch]
             else:
-                items = await _select(db, config, paths)
+                items = await select_store_items(db, config, paths)
             await index.add_items(new_item_from_store(i) for i in items if i.nar_size is not None)
             todo = [i for i in items if not _is_baked(index, i)]
             publisher = Publisher(

@@ -496,3 +496,30 @@ class GuixStoreDatabase:
                 continue
             outputs[name] = path
         return outputs
+
+    async def valid_derivers(self, path: str) -> list[str]:
+        """The valid `.drv` paths that name `path` as an output (Guix's `valid-derivers`).
+
+        Usually one; several when different derivations give the same output path (the
+        deriver a row records is only one of them). Read from DerivationOutputs' index on path.
+        """
+        (rows,) = await self._read(
+            [
+                (
+                    "SELECT DISTINCT v.path FROM DerivationOutputs d"
+                    " JOIN ValidPaths v ON v.id = d.drv WHERE d.path = ? ORDER BY v.path",
+                    (path,),
+                )
+            ]
+        )
+        derivers = []
+        for (drv,) in rows:
+            try:
+                if not isinstance(drv, str) or not drv.endswith(".drv"):
+                    raise StorePathError(f"{drv!r} is not a .drv path")
+                parse_store_path(drv, self.store_dir)
+            except StorePathError as e:
+                log.warning("%s: skipping a malformed deriver: %s", path, e)
+                continue
+            derivers.append(drv)
+        return derivers

@@ -36,6 +36,8 @@ class NetworkCounters:
     )
     narinfos_refused: Counter[str] = field(default_factory=Counter)  # by reason
     upstream_fetches: Counter[str] = field(default_factory=Counter)  # ok, failed
+    # attestations (bundles sent), checkpoint, inclusion, consistency
+    log_served: Counter[str] = field(default_factory=Counter)
 
 
 def _histogram(name: str, doc: str, histogram: SecondsHistogram) -> HistogramMetricFamily:
@@ -113,6 +115,22 @@ class NetworkCollector(Collector):
             "NARs fetched from upstream substitute servers, by outcome.",
             "outcome",
             c.upstream_fetches,
+        )
+        yield CounterMetricFamily(
+            "p2pcache_attestations_served",
+            "Attestation bundles (own and carried) sent to peers.",
+            c.log_served["attestations"],
+        )
+        yield CounterMetricFamily(
+            "p2pcache_checkpoints_served",
+            "Signed checkpoints of this node's builder log sent to peers.",
+            c.log_served["checkpoint"],
+        )
+        yield _counter(
+            "p2pcache_log_proofs_served",
+            "Proofs from this node's builder log sent to peers, by kind.",
+            "kind",
+            Counter({k: c.log_served[k] for k in ("inclusion", "consistency")}),
         )
         known, banned = self.peers()
         yield GaugeMetricFamily("p2pcache_peers_known", "Peers this node has a score for.", known)

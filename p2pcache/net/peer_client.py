@@ -9,7 +9,7 @@ something malformed or oversized: try another and hold it against that peer).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -23,6 +23,20 @@ from p2pcache.cache.chunk_table import (
 )
 from p2pcache.errors import P2PCacheError
 from p2pcache.net.node_info import MAX_NODE_INFO_SIZE, NodeInfo, verify_node_info
+from p2pcache.trust.bundle_list import (
+    MAX_BUNDLE_LIST_SIZE,
+    BundleListFormatError,
+    parse_bundle_list,
+)
+from p2pcache.trust.checkpoint import MAX_CHECKPOINT_SIZE, parse_checkpoint
+from p2pcache.trust.merkle_proof import (
+    HASH_SIZE,
+    MAX_PROOF_LENGTH,
+    ProofError,
+    consistency_proof_length,
+    inclusion_proof_length,
+)
+from p2pcache.trust.signed_note import NoteFormatError, parse_note
 
 MAX_PEER_NARINFO = 64 * 1024
 
@@ -46,10 +60,20 @@ class PeerLimits:
     table_timeout: float = 10.0
     stall_timeout: float = 20.0
     """A frames response that delivers no byte for this long is abandoned."""
+    bundles_timeout: float = 10.0
+    """A list of attestation bundles is at most 4 MiB."""
 
 
 def peer_url(base: str, path: str) -> str:
     return base.rstrip("/") + path
+
+
+def _proof_length(length: Callable[[int, int], int], first: int, second: int) -> int:
+    """The number of hashes a proof for these parameters has; ValueError if there is none."""
+    try:
+        return length(first, second)
+    except ProofError as e:
+        raise ValueError(str(e)) from None
 
 
 class PeerClient:
@@ -101,6 +125,70 @@ class PeerClient:
             return decode_chunk_table(data)
         except ChunkTableError as e:
             raise PeerMisbehaved(f"{url}: {e}") from None
+
+    async def fetch_attestations(self, base: str, hash_part: str) -> list[bytes]:
+        """The attestation bundles a peer holds for an item, each as bytes ([] if none).
+
+        Only the list's framing is checked (bundle_list.py, at most 4 MiB and 32 bundles of at
+        most MAX_BUNDLE_SIZE each); parsing and verifying each bundle is the caller's job.
+        """
+        url = peer_url(base, f"/p2p/v1/attestations/{hash_part}")
+        data = await self._small(url, MAX_BUNDLE_LIST_SIZE, self.limits.bundles_timeout)
+        if data is None:
+            return []
+        try:
+            return parse_bundle_list(data)
+        except BundleListFormatError as e:
+            raise PeerMisbehaved(f"{url}: {e}") from None
+
+    async def fetch_checkpoint(self, base: str) -> bytes | None:
+        """The newest signed checkpoint of the peer's own builder log (None if it has none).
+
+        Checked to be a well-formed checkpoint note (at most 64 KiB, no extension lines); whose
+        it is and whether its signature verifies is for the caller (checkpoint.py).
+        """
+        url = peer_url(base, "/p2p/v1/log/checkpoint")
+        data = await self._small(url, MAX_CHECKPOINT_SIZE, self.limits.small_timeout)
+        if data is None:
+            return None
+        try:
+            parse_checkpoint(parse_note(data, max_size=MAX_CHECKPOINT_SIZE).text)
+        except NoteFormatError as e:
+            raise PeerMisbehaved(f"{url}: not a checkpoint: {e}") from None
+        return data
+
+    async def fetch_inclusion_proof(self, base: str, index: int, size: int) -> list[bytes] | None:
+        """The peer's inclusion proof of leaf `index` in its log's tree of `size` leaves.
+
+        Requires 0 <= index < size (ValueError otherwise). None when the peer has no such tree.
+        The proof has exactly the number of hashes RFC 9162 gives for (index, size), or the
+        peer misbehaved; whether it leads to a checkpoint's root is for merkle_proof to say.
+        """
+        expected = _proof_length(inclusion_proof_length, index, size)
+        url = peer_url(base, f"/p2p/v1/log/inclusion/{index}/{size}")
+        return await self._proof(url, expected)
+
+    async def fetch_consistency_proof(self, base: str, old: int, new: int) -> list[bytes] | None:
+        """The peer's consistency proof from its log's tree of `old` leaves to `new`.
+
+        Requires 0 < old <= new (ValueError otherwise). None when the peer cannot make it (a
+        missing proof is not evidence of anything). A proof of the wrong length is misbehaviour;
+        whether it verifies between two checkpoints is for merkle_proof to say.
+        """
+        expected = _proof_length(consistency_proof_length, old, new)
+        url = peer_url(base, f"/p2p/v1/log/consistency/{old}/{new}")
+        return await self._proof(url, expected)
+
+    async def _proof(self, url: str, expected: int) -> list[bytes] | None:
+        limit = MAX_PROOF_LENGTH * HASH_SIZE
+        data = await self._small(url, limit, self.limits.small_timeout)
+        if data is None:
+            return None
+        if len(data) != expected * HASH_SIZE:
+            raise PeerMisbehaved(
+                f"{url} sent {len(data)} bytes, not the {expected} hashes such a proof has"
+            )
+        return [data[i : i + HASH_SIZE] for i in range(0, len(data), HASH_SIZE)]
 
     async def frames(
         self, base: str, hash_part: str, table: ChunkTable, first: int, count: int

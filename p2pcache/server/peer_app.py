@@ -3,6 +3,11 @@
 A node offers only what it holds in its cache: the signed narinfo part, the chunk table and
 the compressed frames of baked items. Frames are read from the cached file in a worker thread
 (pread) and written as they are read, so a large range never sits in memory.
+
+It also offers what backs those items: the attestation bundles it holds for an item (its own,
+made fresh against its newest checkpoint, and those it carries for other builders), and, as a
+builder, its log's newest checkpoint and inclusion and consistency proofs computed from
+storage (merkle_log.py: O(log n) reads). Log reads run in the executor (SQLite blocks).
 """
 
 from __future__ import annotations
@@ -22,12 +27,26 @@ from p2pcache.cache.index import CacheIndex, IndexedItem
 from p2pcache.cache.nar_store import NarStore, NarStoreError
 from p2pcache.net.identity import NodeIdentity
 from p2pcache.net.node_info import sign_node_info
+from p2pcache.trust.attestation_bundle import MAX_BUNDLE_SIZE
+from p2pcache.trust.builder_log import BuilderLog
+from p2pcache.trust.bundle_list import (
+    MAX_BUNDLE_LIST_SIZE,
+    MAX_BUNDLES,
+    bundle_list_size,
+    render_bundle_list,
+)
+from p2pcache.trust.merkle_log import LogRangeError
 
 NARINFO_TYPE = "text/x-nix-narinfo"
 CHUNK_TABLE_TYPE = "application/x-p2pcache-chunk-table"
+CHECKPOINT_TYPE = "text/plain"
+PROOF_TYPE = "application/x-p2pcache-proof"
+BUNDLES_TYPE = "application/x-p2pcache-bundles"
 READ_BLOCK = 1 << 20
 
 _HASH = r"(?P<hash>[0-9a-df-np-sv-z]{32})"
+# A tree size or leaf index: decimal without sign or leading zeros, below 2**63 (19 digits).
+_DECIMAL = re.compile(r"0|[1-9][0-9]{0,18}")
 
 
 def _not_found(what: str) -> web.Response:
@@ -47,6 +66,8 @@ class PeerAPI:
         executor: Executor | None = None,
         on_served: Callable[[str, int], None] | None = None,
         sign_item: Callable[[IndexedItem], IndexedItem] | None = None,
+        builder_log: BuilderLog | None = None,
+        on_log_served: Callable[[str, int], None] | None = None,
     ) -> None:
         self.index = index
         self.nar_store = nar_store
@@ -55,6 +76,10 @@ class PeerAPI:
         self.executor = executor
         self.on_served = on_served
         self.sign_item = sign_item
+        self.builder_log = builder_log
+        self.on_log_served = on_log_served
+        """Called with (kind, count): attestations (bundles sent), checkpoint, inclusion,
+        consistency."""
         self._tables: dict[str, tuple[bytes, ChunkTable]] = {}
 
     def application(self) -> web.Application:
@@ -63,6 +88,10 @@ class PeerAPI:
         app.router.add_get("/p2p/v1/narinfo/{hash}", self.narinfo)
         app.router.add_get("/p2p/v1/chunks/{hash}", self.chunks)
         app.router.add_get("/p2p/v1/frames/{hash}/{first}/{count}", self.frames)
+        app.router.add_get("/p2p/v1/attestations/{hash}", self.attestations)
+        app.router.add_get("/p2p/v1/log/checkpoint", self.checkpoint)
+        app.router.add_get("/p2p/v1/log/inclusion/{index}/{size}", self.inclusion)
+        app.router.add_get("/p2p/v1/log/consistency/{old}/{new}", self.consistency)
         return app
 
     def _baked(self, request: web.Request) -> IndexedItem | None:
@@ -146,3 +175,75 @@ class PeerAPI:
         if self.on_served is not None:
             self.on_served(item.hash_part, end - start)
         return response
+
+    # -- attestations and the builder log ---------------------------------------------------
+
+    def _served(self, kind: str, count: int = 1) -> None:
+        if self.on_log_served is not None:
+            self.on_log_served(kind, count)
+
+    async def _in_executor(self, call: Callable, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.executor, call, *args)
+
+    async def attestations(self, request: web.Request) -> web.Response:
+        hash_part = request.match_info["hash"]
+        if self.builder_log is None or not re.fullmatch(_HASH, hash_part):
+            return _not_found("no attestations for this item here")
+        bundles = await self._in_executor(self._bundles_for, hash_part)
+        if not bundles:
+            return _not_found("no attestations for this item here")
+        self._served("attestations", len(bundles))
+        return web.Response(body=render_bundle_list(bundles), content_type=BUNDLES_TYPE)
+
+    def _bundles_for(self, hash_part: str) -> list[bytes]:
+        """Own bundle first, then carried ones, as many as fit the list's bounds."""
+        assert self.builder_log is not None
+        # Entries an `attest` run appended without signing (it was cut short) get signed now.
+        own = self.builder_log.own_bundle(hash_part, self.builder_log.checkpoint())
+        candidates = ([own] if own is not None else []) + self.builder_log.bundles.carried(
+            hash_part
+        )
+        chosen: list[bytes] = []
+        for bundle in candidates:
+            if len(chosen) == MAX_BUNDLES:
+                break
+            sizes = [len(b) for b in chosen] + [len(bundle)]
+            if len(bundle) <= MAX_BUNDLE_SIZE and bundle_list_size(sizes) <= MAX_BUNDLE_LIST_SIZE:
+                chosen.append(bundle)
+        return chosen
+
+    async def checkpoint(self, request: web.Request) -> web.Response:
+        if self.builder_log is None:
+            return _not_found("this node keeps no builder log")
+        signed = await self._in_executor(self.builder_log.checkpoint)
+        if signed is None:
+            return _not_found("this node's builder log is empty")
+        self._served("checkpoint")
+        return web.Response(body=signed.note, content_type=CHECKPOINT_TYPE)
+
+    async def inclusion(self, request: web.Request) -> web.Response:
+        numbers = _decimals(request, "index", "size")
+        if self.builder_log is None or numbers is None:
+            return _not_found("bad proof parameters")
+        return await self._proof("inclusion", self.builder_log.inclusion_proof, *numbers)
+
+    async def consistency(self, request: web.Request) -> web.Response:
+        numbers = _decimals(request, "old", "new")
+        if self.builder_log is None or numbers is None:
+            return _not_found("bad proof parameters")
+        return await self._proof("consistency", self.builder_log.consistency_proof, *numbers)
+
+    async def _proof(self, kind: str, make: Callable, first: int, second: int) -> web.Response:
+        try:
+            proof = await self._in_executor(make, first, second)
+        except LogRangeError:
+            return _not_found(f"no such {kind} proof in this node's log")
+        self._served(kind)
+        return web.Response(body=b"".join(proof), content_type=PROOF_TYPE)
+
+
+def _decimals(request: web.Request, *names: str) -> tuple[int, ...] | None:
+    texts = [request.match_info[name] for name in names]
+    if not all(_DECIMAL.fullmatch(text) for text in texts):
+        return None
+    return tuple(int(text) for text in texts)

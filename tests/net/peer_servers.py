@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from p2pcache.cache.index import IndexedItem
+from p2pcache.cache.index import CacheIndex, IndexedItem
+from p2pcache.cache.nar_store import NarStore
 from p2pcache.net.identity import NodeIdentity
 from p2pcache.server.admin_app import AiohttpListener
 from p2pcache.server.peer_app import PeerAPI
+from p2pcache.trust.builder_log import BuilderLog
 from tests.seeded_cache import SeededCache
 
 
@@ -67,3 +70,28 @@ async def peer_server(
         yield url
     finally:
         await listener.stop()
+
+
+@contextlib.asynccontextmanager
+async def builder_server(
+    tmp_path, builder_log: BuilderLog | None, host: str = "127.0.0.1"
+) -> AsyncIterator[tuple[str, Counter]]:
+    """A peer API over an empty cache and `builder_log`; yields its URL and what it served."""
+    served: Counter = Counter()
+    index = CacheIndex(tmp_path / "peer-index.sqlite")
+    await index.open()
+    api = PeerAPI(
+        index,
+        NarStore(tmp_path / "peer-nar"),
+        NodeIdentity.generate(),
+        "",
+        builder_log=builder_log,
+        on_log_served=lambda kind, count: served.update({kind: count}),
+    )
+    listener = AiohttpListener(api.application(), host, 0)
+    await listener.start()
+    try:
+        yield f"http://{host}:{listener.port}", served
+    finally:
+        await listener.stop()
+        await index.close()

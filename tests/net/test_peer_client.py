@@ -1,6 +1,8 @@
 """The peer API over real sockets: what a client may fetch, and how bounded it is."""
 
+import asyncio
 import hashlib
+import time
 from dataclasses import replace
 
 import aiohttp
@@ -11,8 +13,10 @@ from p2pcache.cache.chunked_zstd import decompress_frame
 from p2pcache.guix.narinfo import parse_narinfo, render_signature_line, render_signed_part
 from p2pcache.guix.narinfo_signature import signature_field
 from p2pcache.guix.signing_key import generate_key_pair
-from p2pcache.net.peer_client import PeerClient, PeerMisbehaved, PeerUnavailable
+from p2pcache.net.peer_client import PeerClient, PeerLimits, PeerMisbehaved, PeerUnavailable
 from p2pcache.server.admin_app import AiohttpListener
+from p2pcache.trust.bundle_list import MAX_BUNDLE_LIST_SIZE, render_bundle_list
+from p2pcache.trust.checkpoint import MAX_CHECKPOINT_SIZE
 from p2pcache.trust.narinfo_acceptance import accept_relayed_narinfo
 from tests.net.peer_servers import peer_server
 from tests.seeded_cache import seed_cache
@@ -128,3 +132,82 @@ async def test_oversized_and_malformed_answers_count_against_the_peer():
                 await client.chunk_table(url, "0" * 32)
     finally:
         await listener.stop()
+
+
+@pytest.fixture
+async def hostile_log_peer():
+    """A peer whose log and attestation endpoints answer whatever the test puts in `answers`."""
+    answers: dict[str, bytes] = {}
+
+    async def answer(request):
+        parts = request.path.split("/")  # "", "p2p", "v1", "attestations" or "log", ...
+        return web.Response(body=answers[parts[3] if parts[3] != "log" else parts[4]])
+
+    async def slow(request):
+        await asyncio.sleep(5)
+        return web.Response(body=b"")
+
+    app = web.Application()
+    app.router.add_get("/p2p/v1/attestations/{h}", answer)
+    app.router.add_get("/p2p/v1/log/checkpoint", answer)
+    app.router.add_get("/p2p/v1/log/inclusion/{i}/{s}", answer)
+    app.router.add_get("/p2p/v1/log/consistency/{o}/{n}", slow)
+    listener = AiohttpListener(app, "127.0.3.2", 0)
+    await listener.start()
+    try:
+        yield f"http://127.0.3.2:{listener.port}", answers
+    finally:
+        await listener.stop()
+
+
+def bundle_list_of(*bundles: bytes) -> bytes:
+    return render_bundle_list(list(bundles))
+
+
+async def test_malformed_or_oversized_trust_answers_count_against_the_peer(hostile_log_peer):
+    url, answers = hostile_log_peer
+    h = "0" * 32
+    async with aiohttp.ClientSession() as session:
+        client = PeerClient(session)
+        for body in (
+            b"p2pcache-bundles/v1 2\n1\nx",  # a bundle short
+            b"not a list at all",
+            b"p2pcache-bundles/v1 1\n1\nx" + b" " * MAX_BUNDLE_LIST_SIZE,  # over 4 MiB
+        ):
+            answers["attestations"] = body
+            with pytest.raises(PeerMisbehaved):
+                await client.fetch_attestations(url, h)
+        answers["attestations"] = bundle_list_of(b"first", b"second")
+        assert await client.fetch_attestations(url, h) == [b"first", b"second"]
+        for body in (b"garbage", b"origin\n5\nAAAA\n\n", b"x" * (MAX_CHECKPOINT_SIZE + 1)):
+            answers["checkpoint"] = body
+            with pytest.raises(PeerMisbehaved):
+                await client.fetch_checkpoint(url)
+        # Leaf 2 of 5 has a proof of 3 hashes: any other length is a lie about the tree.
+        for body in (b"\0" * 64, b"\0" * 97, b"\0" * 128, b"\0" * (64 * 32 + 32)):
+            answers["inclusion"] = body
+            with pytest.raises(PeerMisbehaved):
+                await client.fetch_inclusion_proof(url, 2, 5)
+        answers["inclusion"] = b"\1" * 96
+        assert await client.fetch_inclusion_proof(url, 2, 5) == [b"\1" * 32] * 3
+
+
+async def test_a_slow_log_peer_is_unavailable_within_the_time_bound(hostile_log_peer):
+    url, _ = hostile_log_peer
+    async with aiohttp.ClientSession() as session:
+        client = PeerClient(session, PeerLimits(small_timeout=0.3))
+        started = time.monotonic()
+        with pytest.raises(PeerUnavailable, match="did not answer"):
+            await client.fetch_consistency_proof(url, 3, 5)
+        assert time.monotonic() - started < 2
+
+
+async def test_proofs_that_cannot_exist_are_not_asked_for():
+    async with aiohttp.ClientSession() as session:
+        client = PeerClient(session)
+        for index, size in ((5, 5), (-1, 3), (0, 0)):
+            with pytest.raises(ValueError):
+                await client.fetch_inclusion_proof("http://127.0.9.1:9", index, size)
+        for old, new in ((0, 5), (5, 3)):
+            with pytest.raises(ValueError):
+                await client.fetch_consistency_proof("http://127.0.9.1:9", old, new)
