@@ -166,7 +166,9 @@ class Node:
         self.http = HTTPServer(self.endpoint.handle, limits, self.metrics.requests)
         await self.http.start(config.listen.host, config.listen.port)
         admin = AiohttpListener(
-            make_admin_app(self.metrics.registry, self.status, self.network.which),
+            make_admin_app(
+                self.metrics.registry, self.status, self.network.which, self.network.challenge
+            ),
             config.admin_listen.host,
             config.admin_listen.port,
         )

@@ -13,10 +13,10 @@ import sys
 from collections.abc import Sequence
 
 from p2pcache import __version__
-from p2pcache.cli import cache, keys, nar, narinfo, publish, serve, which
+from p2pcache.cli import cache, challenge, keys, nar, narinfo, publish, serve, trust, which
 from p2pcache.errors import P2PCacheError
 
-COMMAND_MODULES = (serve, publish, cache, which, keys, nar, narinfo)
+COMMAND_MODULES = (serve, publish, cache, which, trust, challenge, keys, nar, narinfo)
 
 
 def build_parser() -> argparse.ArgumentParser:

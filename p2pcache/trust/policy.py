@@ -73,11 +73,6 @@ class TrustPolicy:
             raise ValueError(f"quorum must be from 1 to {MAX_QUORUM}, not {self.quorum}")
         if not 0 <= self.witnesses_required <= MAX_WITNESSES_REQUIRED:
             raise ValueError(f"witnesses_required {self.witnesses_required} is out of range")
-        if self.witnesses_required > len({w.key for w in self.witnesses}):
-            raise ValueError(
-                f"{self.witnesses_required} witness cosignatures are required but only "
-                f"{len(self.witnesses)} witnesses are named in the trust file"
-            )
 
     @property
     def needs_attestations(self) -> bool:
@@ -89,6 +84,21 @@ class TrustPolicy:
         if self.mode is Mode.UPSTREAM:
             return False
         return self.mode is not Mode.EITHER or bool(self.builders)
+
+    def problems(self) -> list[str]:
+        """Settings under which nothing can ever be accepted on builders' word (for the log)."""
+        found = []
+        if self.mode in (Mode.QUORUM, Mode.BOTH) and len(self.builders) < self.quorum:
+            found.append(
+                f"mode {self.mode} needs {self.quorum} trusted builders, the trust file names "
+                f"{len(self.builders)}"
+            )
+        if self.witnesses_required > len({w.key for w in self.witnesses}):
+            found.append(
+                f"{self.witnesses_required} witness cosignatures are required, the trust file "
+                f"names {len(self.witnesses)} witnesses"
+            )
+        return found
 
     def builder(self, key: bytes) -> TrustedKey | None:
         return next((b for b in self.builders if b.key == key), None)
