@@ -39,7 +39,7 @@ def challenge_report(
     store_path: str,
     builders: Sequence[TrustedKey],
     statements: Sequence[Statement],
-    refusals: Sequence[Refusal],
+    refusals: Sequence[Refusal] = (),
     local: LocalCopy | None = None,
 ) -> dict[str, Any]:
     """The report as a JSON-ready mapping; `conflict` is true when descriptions differ."""
@@ -75,7 +75,10 @@ def challenge_report(
         hashes.add(local.nar_hash)
     sizes_or_refs_differ = len({d[:3] for d in descriptions}) > 1 or (
         local is not None
-        and any(d[:3] != (local.nar_hash, local.nar_size, local.references) for d in descriptions)
+        and any(
+            d[:3] != (local.nar_hash, local.nar_size, tuple(sorted(local.references)))
+            for d in descriptions
+        )
     )
     conflict = len(hashes) > 1 or sizes_or_refs_differ or len(descriptions) > 1
     attested = sum(1 for e in entries if e["attestations"])
