@@ -105,7 +105,9 @@ class PeerNetwork:
         io_executor: Executor,
         compress_executor: Executor,
         on_cached: Callable[[IndexedItem], None],
+        on_refused: Callable[[str], None] = lambda hash_part: None,
     ) -> None:
+        self.on_refused = on_refused
         self.config = config
         self.index = index
         self.nar_store = nar_store
@@ -312,6 +314,7 @@ class PeerNetwork:
         )
         decision = await trust.judge(claim, bundles, what="NAR")
         if not decision.accepted:
+            await self._withdraw_promise(item.hash_part)
             raise PolicyRejected(decision, f"the NAR of {item.store_path}")
         if decision.chunk_root is not None and decision.chunk_root != chunk_root:
             raise P2PCacheError(
@@ -342,6 +345,13 @@ class PeerNetwork:
         return challenge_report(
             str(path), policy.builders, evidence.statements, evidence.refusals, local
         )
+
+    async def _withdraw_promise(self, hash_part: str) -> None:
+        """The policy no longer accepts an item: its narinfo is no longer offered to Guix."""
+        if self.resolver is not None:
+            self.resolver.accepted_from.pop(hash_part, None)
+        await self.index.remove([hash_part])
+        self.on_refused(hash_part)
 
     def _is_upstream_signed(self, item: IndexedItem) -> bool:
         if item.signed_part is None or item.signature is None:

@@ -159,6 +159,7 @@ class Node:
             io_executor=self.io_executor,
             compress_executor=self.compress_executor,
             on_cached=lambda item: self._item_changed(item.hash_part),
+            on_refused=self._forget,
         )
         await self.network.start()
         self.endpoint.resolve_miss = self._resolve_miss

@@ -316,3 +316,46 @@ async def test_attack_nar_bytes_not_matching_the_attested_hash_penalize_the_peer
         assert not node.index.get(hash_part).is_baked  # nothing visible in the cache
         assert not any(node.nar_store.iter_names())
         assert node.network.ranking.scores[seed.network.peer_url].misbehaved >= 1
+
+
+async def test_a_fork_found_after_the_narinfo_refuses_the_nar_before_commit(tmp_path, test_store):
+    """The policy is asked again before the NAR is committed: evidence found meanwhile counts."""
+    async with setup(tmp_path, test_store) as (seed, node, (alpha, beta), server):
+        items = await baked(seed, 2)
+        await wait_until_findable(node, items)
+        info, other = items
+        hash_part = info.path.rsplit("/", 1)[-1][:32]
+        fields = dict(
+            nar_hash=info.nar_sha256,
+            nar_size=info.nar_size,
+            references=tuple(r.rsplit("/", 1)[-1] for r in info.references),
+            deriver=info.deriver.rsplit("/", 1)[-1] if info.deriver else None,
+            chunk_root=seed.index.get(hash_part).chunk_root,
+        )
+        server.bundles[hash_part] = [
+            alpha.bundle(info.path, **fields),
+            beta.bundle(info.path, **fields),
+        ]
+        host, port = node.config.listen.host, node.guix_port
+        [reply] = await guix_client.narinfos(host, port, [hash_part])
+        assert reply.status == 200
+        # Beta shows someone else another log of the same size: a split view, seen by the node
+        # while it looks at another item (here through `challenge`, as a monitor would).
+        split = Builder(tmp_path / "split", "beta")
+        try:
+            other_hash = other.path.rsplit("/", 1)[-1][:32]
+            server.bundles[other_hash] = [split.bundle(other.path)]
+            await node.network.challenge(other.path.rsplit("/", 1)[-1])
+        finally:
+            split.close()
+        assert node.network.checkpoints.is_forked(beta.origin)
+        basename = info.path.rsplit("/", 1)[-1]
+        nar = await guix_client.get(host, port, f"/nar/{basename}")
+        assert not nar.complete  # cut before its last chunk
+        assert node.index.get(hash_part) is None  # no longer promised, nothing cached
+        assert not any(node.nar_store.iter_names())
+        [again] = await guix_client.narinfos(host, port, [hash_part])
+        assert again.status == 404
+        text = await metrics_of(node)
+        assert counted(text, "p2pcache_trust_forks_detected_total") == 1
+        assert counted(text, 'p2pcache_trust_evidence_refused_total{reason="builder-forked"}') >= 1
