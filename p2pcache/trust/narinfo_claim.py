@@ -13,13 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from p2pcache.errors import FormatError
-from p2pcache.guix.narinfo import Narinfo, parse_nar_hash, parse_narinfo
+from p2pcache.guix.narinfo import Narinfo, parse_narinfo
 from p2pcache.guix.signing_key import GuixPublicKey
-from p2pcache.guix.store_path import parse_store_path
 from p2pcache.trust.narinfo_acceptance import (
     AcceptedNarinfo,
     NarinfoRejected,
     accept_relayed_narinfo,
+    check_described_item,
 )
 from p2pcache.trust.policy import ItemClaim
 
@@ -45,16 +45,10 @@ def read_relayed_narinfo(
         upstream, refusal = None, e
     try:
         narinfo = parse_narinfo(data)
-        path = parse_store_path(narinfo.store_path or "", store_dir)
-        nar_hash = parse_nar_hash(narinfo.nar_hash or "")
     except FormatError as e:
         raise NarinfoRejected("malformed", f"unreadable narinfo: {e}") from None
-    if path.hash_part != hash_part:
-        raise NarinfoRejected("wrong-item", f"narinfo is for {path}, not {hash_part}")
-    if narinfo.nar_size is None or narinfo.nar_size <= 0:
-        raise NarinfoRejected("malformed", "narinfo has no usable NarSize")
-    if narinfo.references is None:
-        raise NarinfoRejected("malformed", "narinfo has no References")
+    nar_hash = check_described_item(narinfo, hash_part, store_dir)
+    assert narinfo.nar_size is not None and narinfo.references is not None
     claim = ItemClaim(
         store_path=narinfo.store_path or "",
         nar_hash=nar_hash,

@@ -101,17 +101,19 @@ async def held_item(seed, node):
     """A real item baked at the seed and findable from `node`, with its attestation fields."""
     [info] = await baked(seed, 1)
     await wait_until_findable(node, [info])
-    hash_part = info.path.rsplit("/", 1)[-1][:32]
-    at_seed = seed.index.get(hash_part)
-    fields = dict(
+    return info, info.path.rsplit("/", 1)[-1][:32], attested_fields(seed, info)
+
+
+def attested_fields(seed, info) -> dict:
+    """What an honest builder of `info` attests (the chunk root as the seed computed it)."""
+    return dict(
         nar_hash=info.nar_sha256,
         nar_size=info.nar_size,
         references=tuple(r.rsplit("/", 1)[-1] for r in info.references),
         deriver=info.deriver.rsplit("/", 1)[-1] if info.deriver else None,
-        chunk_root=at_seed.chunk_root,
+        chunk_root=seed.index.get(info.path.rsplit("/", 1)[-1][:32]).chunk_root,
         evidence=Evidence.BUILD_LOG,
     )
-    return info, hash_part, fields
 
 
 async def cli(*args: str):
@@ -256,13 +258,7 @@ async def test_attacks_through_the_miss_path_serve_nothing_and_are_counted(tmp_p
             await wait_until_findable(node, items)
             for (name, (make, reason)), info in zip(ATTACKS.items(), items, strict=True):
                 hash_part = info.path.rsplit("/", 1)[-1][:32]
-                fields = dict(
-                    nar_hash=info.nar_sha256,
-                    nar_size=info.nar_size,
-                    references=tuple(r.rsplit("/", 1)[-1] for r in info.references),
-                    deriver=info.deriver.rsplit("/", 1)[-1] if info.deriver else None,
-                    chunk_root=seed.index.get(hash_part).chunk_root,
-                )
+                fields = attested_fields(seed, info)
                 server.bundles[hash_part] = make(alpha, beta, stranger, info.path, fields)
                 host, port = node.config.listen.host, node.guix_port
                 [reply] = await guix_client.narinfos(host, port, [hash_part])
@@ -325,13 +321,7 @@ async def test_a_fork_found_after_the_narinfo_refuses_the_nar_before_commit(tmp_
         await wait_until_findable(node, items)
         info, other = items
         hash_part = info.path.rsplit("/", 1)[-1][:32]
-        fields = dict(
-            nar_hash=info.nar_sha256,
-            nar_size=info.nar_size,
-            references=tuple(r.rsplit("/", 1)[-1] for r in info.references),
-            deriver=info.deriver.rsplit("/", 1)[-1] if info.deriver else None,
-            chunk_root=seed.index.get(hash_part).chunk_root,
-        )
+        fields = attested_fields(seed, info)
         server.bundles[hash_part] = [
             alpha.bundle(info.path, **fields),
             beta.bundle(info.path, **fields),
