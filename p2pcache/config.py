@@ -98,6 +98,7 @@ class Config:
     trust_quorum: int = 2
     trust_require_log_proofs: bool = True
     trust_witnesses_required: int = 0
+    trust_accept_forced: bool = False
     attestation_timeout: float = 3.0
     miss_timeout: float = 8.0
     dht_rpc_timeout: float = 1.5
@@ -259,6 +260,7 @@ OPTIONS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "trust.quorum": ("trust_quorum", _int_range(1, 64)),
     "trust.require_log_proofs": ("trust_require_log_proofs", _bool),
     "trust.witnesses_required": ("trust_witnesses_required", _int_range(0, 32)),
+    "trust.accept_forced": ("trust_accept_forced", _bool),
     "trust.attestation_timeout": ("attestation_timeout", _seconds),
     "guix_endpoint.miss_timeout": ("miss_timeout", _seconds),
     "admin.listen": ("admin_listen", _listen),

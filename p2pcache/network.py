@@ -278,6 +278,7 @@ class PeerNetwork:
                 quorum=config.trust_quorum,
                 require_log_proofs=config.trust_require_log_proofs,
                 witnesses_required=config.trust_witnesses_required,
+                accept_forced=config.trust_accept_forced,
                 builders=trust.builders,
                 witnesses=trust.witnesses,
             )

@@ -16,6 +16,10 @@ Modes (DESIGN.md "The trust model", issue 4 of 5):
 * `both`: a reproducibility check; the upstream-signed narinfo is taken only when a quorum
   of independent builders agrees with it.
 
+An attestation made with `--force` (Evidence `forced`: no sign that the builder built the item
+itself) does not count towards the quorum unless `accept_forced` is set; it still counts as
+a conflict when it contradicts the narinfo.
+
 Whatever the mode (except `upstream`), a trusted builder whose verified statement contradicts
 the narinfo refuses the item: another NarHash is a **conflict** (recorded, shown by
 `p2pcache challenge`); another NarSize or other References mean the narinfo does not
@@ -65,6 +69,9 @@ class TrustPolicy:
     quorum: int = DEFAULT_QUORUM
     require_log_proofs: bool = True
     witnesses_required: int = 0
+    accept_forced: bool = False
+    """Count attestations whose Evidence is `forced` (no build log, no check rebuild)? A
+    builder that only substituted an item would merely echo its source: off by default."""
     builders: tuple[TrustedKey, ...] = ()
     witnesses: tuple[TrustedKey, ...] = ()
 
@@ -245,6 +252,10 @@ def decide(
             elif claim.deriver is not None and a.deriver not in (None, claim.deriver):
                 refusals.append(Refusal("deriver-mismatch", a.deriver or "", builder.key))
                 details.append(f"{builder.short} attests deriver {a.deriver}")
+                agrees = False
+            elif a.evidence.is_forced and not policy.accept_forced:
+                refusals.append(Refusal("forced-evidence", "attested with --force", builder.key))
+                details.append(f"{builder.short} attests without evidence of a build (forced)")
                 agrees = False
             else:
                 chunk_roots.add(a.chunk_root)

@@ -464,3 +464,18 @@ async def test_attack_flood_of_bundles_is_bounded(builders, checkpoints):
     decision = await h.judge(flood)
     assert "too-many-bundles" in {r.reason for r in decision.refusals}
     assert len(decision.refusals) == 1 + h.trust.verifier.max_bundles
+
+
+async def test_forced_attestations_count_only_when_the_operator_accepts_them(builders, checkpoints):
+    from p2pcache.trust.attestation import Evidence
+
+    h = Harness(checkpoints, policy_of(builders, mode=Mode.QUORUM))
+    bundles = [b.bundle(evidence=Evidence.FORCED) for b in builders[:2]]
+    decision = await h.judge(bundles)
+    assert_refused(decision, "forced-evidence", h)
+    h.policy = policy_of(builders, mode=Mode.QUORUM, accept_forced=True)
+    assert (await h.judge(bundles)).accepted
+    # A forced statement that contradicts the narinfo is still a conflict.
+    h.policy = policy_of(builders, mode=Mode.QUORUM)
+    evil = builders[2].bundle(evidence=Evidence.FORCED, nar_hash=EVIL_HASH)
+    assert (await h.judge([*bundles, evil])).reason == "conflict"
