@@ -158,7 +158,9 @@ class AttestationVerifier:
         witnesses: list[CosignatureVerifier],
         evidence: Evidence,
     ) -> Statement:
-        if not isinstance(data, bytes | bytearray) or len(data) > MAX_BUNDLE_SIZE:
+        if not isinstance(data, bytes | bytearray):
+            raise _Refused("structure", f"a bundle must be bytes, not {type(data).__name__}")
+        if len(data) > MAX_BUNDLE_SIZE:
             raise _Refused("oversized", f"a bundle of more than {MAX_BUNDLE_SIZE} bytes")
         data = bytes(data)
         if data.startswith(ATTESTATION_HEADER.encode() + b"\n"):
