@@ -227,6 +227,11 @@ async def test_challenge_reports_agreement_with_exit_status_zero(tmp_path, test_
         result = await cli("challenge", "--admin", admin, unknown)
         assert result.returncode == 0
         assert "no trusted builder attests it" in result.stdout.decode()
+        for bad in ("not-a-store-item", "..%2F..%2Fetc", f"{'e' * 32}-x"):
+            reply = await guix_client.get(
+                node.config.admin_listen.host, node.admin_port, f"/api/v1/challenge/{bad}"
+            )
+            assert reply.status == 404, bad
 
 
 def _forged(builder, path, fields):
