@@ -82,6 +82,9 @@ async def setup(tmp_path, store, *, mode: str = "quorum", acl_trusts_seed: bool 
             bootstrap=(ListenAddress(*seed.network.dht.address),),
             trust_mode=mode,
             trust_file=trust_file,
+            # Generous bounds: on a loaded 2-core machine a miss must not time out into a 404.
+            miss_timeout=30.0,
+            attestation_timeout=20.0,
             **addresses(1),
         )
         node = await stack.enter_async_context(running_node(config))
@@ -98,11 +101,17 @@ async def setup(tmp_path, store, *, mode: str = "quorum", acl_trusts_seed: bool 
 
 
 async def findable(seed, node, items) -> None:
-    """The DHT knows the seed holds `items`; the miss path is told too, so that what these
-    tests judge is the policy, not a DHT lookup that a loaded machine let time out."""
+    """The DHT knows the seed holds `items` and the seed offers them; the miss path is told
+    too, so that these tests judge the policy, not a DHT lookup on a loaded machine."""
     await wait_until_findable(node, items)
     for info in items:
-        node.network.directory.add(info.path.rsplit("/", 1)[-1][:32], seed.network.peer_url)
+        hash_part = info.path.rsplit("/", 1)[-1][:32]
+        node.network.directory.add(hash_part, seed.network.peer_url)
+        # The seed signs a baked item's narinfo in the background; it offers it once signed.
+        for _ in range(400):
+            if seed.index.get(hash_part).signature is not None:
+                break
+            await asyncio.sleep(0.025)
 
 
 async def held_item(seed, node):
