@@ -4,18 +4,10 @@
 as one piece: the node's Ed25519 identity, the DHT node (announcing what the cache holds,
 finding who holds the rest), the peer listener (serving chunks to others), the HTTP client
 session shared by the peer client and the upstream client, the miss resolver (peers and
-upstreams asked at once, a narinfo accepted when the trust policy says so), and the
-fetchers that bring an accepted item into the cache while Guix receives it.
-
-The trust policy (trust/item_trust.py) reads the trust file (re-read when it changes) and the
-`[trust]` settings; it asks two seams that the peer API's log and attestation routes feed:
-
-* `attestations_for(hash_part) -> list[bytes]`: the attestation bundles offered for an item;
-* `consistency_proof(builder_key, old_size, new_size) -> ConsistencyProof | None`: a proof
-  between two checkpoints of a builder's log, saying whether the builder itself served it.
-
-Both are attributes, so they can be replaced on a running network; by default the node knows
-no attestation and can get no proof (which is no evidence against anyone).
+upstreams asked at once, a narinfo accepted when the trust policy says so), the fetchers
+that bring an accepted item into the cache while Guix receives it, and the trust gate
+(trust_gate.py) both ask, whose seams `attestations_for` and `consistency_proof` the peer
+API's attestation and log routes feed.
 """
 
 from __future__ import annotations
@@ -28,15 +20,12 @@ from concurrent.futures import Executor
 
 import aiohttp
 
-from p2pcache.cache.index import CacheIndex, IndexedItem, Origin, State
+from p2pcache.cache.index import CacheIndex, IndexedItem, Origin
 from p2pcache.cache.nar_store import NarStore
 from p2pcache.config import Config
 from p2pcache.errors import P2PCacheError
 from p2pcache.fetcher import FetchSettings, ItemFetcher
-from p2pcache.guix.narinfo import parse_nar_hash
-from p2pcache.guix.narinfo_signature import SignatureStatus, verify_narinfo
 from p2pcache.guix.signing_key import GuixPublicKey, parse_acl
-from p2pcache.guix.store_path import parse_store_path
 from p2pcache.metrics import NodeMetrics
 from p2pcache.net.announcer import Announcer, AnnouncerConfig
 from p2pcache.net.dht import DHTConfig, DHTNode
@@ -51,23 +40,7 @@ from p2pcache.net.upstream_narinfo import UpstreamNarinfo, preferred_groups
 from p2pcache.resolver import Candidate, MissResolver, ResolverSettings
 from p2pcache.server.admin_app import AiohttpListener
 from p2pcache.server.peer_app import PeerAPI
-from p2pcache.trust.attestation_verifier import (
-    AttestationVerifier,
-    ConsistencyProofSource,
-    VerifierHooks,
-    no_consistency_proofs,
-)
-from p2pcache.trust.challenge_report import LocalCopy, challenge_report
-from p2pcache.trust.checkpoint_store import CheckpointStore
-from p2pcache.trust.item_trust import (
-    AttestationsFor,
-    ItemTrust,
-    PolicyRejected,
-    TrustHooks,
-    no_attestations,
-)
-from p2pcache.trust.policy import ItemClaim, Mode, TrustPolicy
-from p2pcache.trust.trust_file import TrustFile, TrustFileWatcher
+from p2pcache.trust_gate import TrustGate
 
 log = logging.getLogger(__name__)
 
@@ -128,15 +101,7 @@ class PeerNetwork:
         self._upstream_narinfos: dict[str, UpstreamNarinfo] = {}
         self.announcer: Announcer | None = None
         self._tasks: list[asyncio.Task] = []
-        self.attestations_for: AttestationsFor = no_attestations
-        """Seam: the attestation bundles offered for an item (see the module docstring)."""
-        self.consistency_proof: ConsistencyProofSource = no_consistency_proofs
-        """Seam: consistency proofs between a builder's checkpoints."""
-        self.trust: ItemTrust | None = None
-        self.checkpoints: CheckpointStore | None = None
-        self._trust_file: TrustFileWatcher | None = None
-        self._policy_of: tuple[TrustFile, TrustPolicy] | None = None
-        self._acl: list[GuixPublicKey] = []
+        self.trust: TrustGate | None = None
         self.counters = NetworkCounters()
         metrics.registry.register(
             NetworkCollector(
@@ -151,8 +116,16 @@ class PeerNetwork:
     async def start(self) -> None:
         config = self.config
         self.identity = load_or_create_identity(config.data_dir)
-        acl = self._acl = load_guix_acl(config.guix_acl)
-        self._start_trust()
+        acl = load_guix_acl(config.guix_acl)
+        self.trust = TrustGate(
+            config,
+            self.index,
+            acl,
+            self.counters.trust,
+            resolution_of=lambda h: self.resolver.accepted_from.get(h) if self.resolver else None,
+            withdraw=self._withdraw_promise,
+        )
+        self.trust.start()
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=256, limit_per_host=16),
             cookie_jar=aiohttp.DummyCookieJar(),
@@ -204,7 +177,7 @@ class PeerNetwork:
             ResolverSettings(store_dir=config.store_dir, timeout=config.miss_timeout),
             on_outcome=self._miss_outcome,
             on_rejected=lambda reason: self.counters.narinfos_refused.update([reason]),
-            trust=self.trust,
+            trust=self.trust.item_trust,
         )
         self.fetcher = ItemFetcher(
             self.index,
@@ -216,8 +189,8 @@ class PeerNetwork:
             settings=FetchSettings(parallel=config.fetch_parallel),
             on_cached=self._cached,
             on_transfer=self._transfer_outcome,
-            before_commit=self._before_commit,
-            expected_root=self._expected_root,
+            before_commit=self.trust.before_commit,
+            expected_root=self.trust.expected_root,
         )
         if self.dht is not None:
             self.announcer = Announcer(
@@ -234,118 +207,10 @@ class PeerNetwork:
             f", DHT on {self.dht.address[0]}:{self.dht.address[1]} (UDP)" if self.dht else "",
         )
 
-    def _start_trust(self) -> None:
-        config = self.config
-        directory = config.data_dir / "trust"
-        directory.mkdir(parents=True, exist_ok=True)
-        self._trust_file = TrustFileWatcher(config.effective_trust_file())
-        self.checkpoints = CheckpointStore(directory / "checkpoints.sqlite")
-        counters = self.counters.trust
-        verifier = AttestationVerifier(
-            self.checkpoints,
-            lambda key, old, new: self.consistency_proof(key, old, new),
-            hooks=VerifierHooks(
-                counters.count_checkpoint, counters.count_refusal, counters.count_fork
-            ),
-        )
-        self.trust = ItemTrust(
-            self.policy,
-            verifier,
-            lambda hash_part: self.attestations_for(hash_part),
-            timeout=config.attestation_timeout,
-            hooks=TrustHooks(counters.count_decision, counters.count_conflict),
-            conflict_record=directory / "conflicts.jsonl",
-        )
-        policy = self.policy()
-        for problem in policy.problems():
-            log.warning("trust policy: %s; no item can be accepted on builders' word", problem)
-        log.info(
-            "trust policy: mode %s, quorum %d of %d trusted builders, log proofs %s",
-            policy.mode,
-            policy.quorum,
-            len(policy.builders),
-            "required" if policy.require_log_proofs else "not required",
-        )
-
-    def policy(self) -> TrustPolicy:
-        """The trust policy now: the [trust] settings and the trust file as it is now."""
-        assert self._trust_file is not None
-        trust = self._trust_file.current()
-        if self._policy_of is None or self._policy_of[0] is not trust:
-            config = self.config
-            policy = TrustPolicy(
-                mode=Mode(config.trust_mode),
-                quorum=config.trust_quorum,
-                require_log_proofs=config.trust_require_log_proofs,
-                witnesses_required=config.trust_witnesses_required,
-                accept_forced=config.trust_accept_forced,
-                builders=trust.builders,
-                witnesses=trust.witnesses,
-            )
-            self._policy_of = (trust, policy)
-        return self._policy_of[1]
-
-    def _expected_root(self, item: IndexedItem) -> bytes | None:
-        """The chunk root every chunk is checked against: the builders' when they attested it."""
-        resolution = self.resolver.accepted_from.get(item.hash_part) if self.resolver else None
-        if resolution is not None and resolution.decision is not None:
-            return resolution.decision.chunk_root or item.chunk_root
-        return item.chunk_root
-
-    async def _before_commit(self, item: IndexedItem, chunk_root: bytes) -> None:
-        """The trust policy, asked again before a fetched NAR becomes visible in the cache."""
-        trust = self.trust
-        if trust is None or not trust.policy.needs_attestations:
-            return
-        resolution = self.resolver.accepted_from.get(item.hash_part) if self.resolver else None
-        if resolution is not None and resolution.decision is not None:
-            upstream_signed = resolution.decision.basis in ("upstream", "both")
-        else:
-            upstream_signed = self._is_upstream_signed(item)
-        bundles = list(resolution.bundles) if resolution and resolution.bundles else []
-        if not bundles:
-            bundles = await trust.gather(item.hash_part)
-        claim = ItemClaim(
-            item.store_path,
-            parse_nar_hash(item.nar_hash),
-            item.nar_size,
-            item.references,
-            item.deriver,
-            upstream_signed,
-        )
-        decision = await trust.judge(claim, bundles, what="NAR")
-        if not decision.accepted:
-            await self._withdraw_promise(item.hash_part)
-            raise PolicyRejected(decision, f"the NAR of {item.store_path}")
-        if decision.chunk_root is not None and decision.chunk_root != chunk_root:
-            raise P2PCacheError(
-                f"the NAR of {item.store_path} has another chunk root than its builders attest"
-            )
-
     async def challenge(self, basename: str) -> dict:
-        """What each trusted builder attests for a store item (`p2pcache challenge`).
-
-        The bundles come through the same `attestations_for` seam as the miss path's and are
-        verified the same way; the node's own copy (held in its cache or store) is compared
-        too. Raises StorePathError for a basename that is not a store item's.
-        """
+        """What each trusted builder attests for a store item (`p2pcache challenge`)."""
         assert self.trust is not None
-        path = parse_store_path(f"{self.config.store_dir}/{basename}", self.config.store_dir)
-        policy = self.policy()
-        bundles = await self.trust.gather(path.hash_part)
-        evidence = await self.trust.verifier.verify(policy, str(path), bundles)
-        item = self.index.get(path.hash_part)
-        local = None
-        held = item is not None and (
-            item.is_baked or (item.origin is Origin.STORE and item.state is not State.CORRUPT)
-        )
-        if item is not None and held and item.store_path == str(path):
-            local = LocalCopy(
-                parse_nar_hash(item.nar_hash), item.nar_size, item.references, item.origin
-            )
-        return challenge_report(
-            str(path), policy.builders, evidence.statements, evidence.refusals, local
-        )
+        return await self.trust.challenge(basename)
 
     async def _withdraw_promise(self, hash_part: str) -> None:
         """The policy no longer accepts an item: its narinfo is no longer offered to Guix."""
@@ -353,12 +218,6 @@ class PeerNetwork:
             self.resolver.accepted_from.pop(hash_part, None)
         await self.index.remove([hash_part])
         self.on_refused(hash_part)
-
-    def _is_upstream_signed(self, item: IndexedItem) -> bool:
-        if item.signed_part is None or item.signature is None:
-            return False
-        status = verify_narinfo(item.signed_part + item.signature, self._acl)
-        return status is SignatureStatus.VALID
 
     def _miss_outcome(self, outcome: str, seconds: float) -> None:
         self.counters.misses[outcome] += 1
@@ -386,8 +245,8 @@ class PeerNetwork:
             await self.upstream.stop()
         if self.session is not None:
             await self.session.close()
-        if self.checkpoints is not None:
-            self.checkpoints.close()
+        if self.trust is not None:
+            self.trust.close()
 
     @property
     def peer_port(self) -> int:
@@ -477,7 +336,8 @@ class PeerNetwork:
             raise
         table = result.table
         try:
-            await self._before_commit(item, table.root)
+            assert self.trust is not None
+            await self.trust.before_commit(item, table.root)
         except P2PCacheError:
             self.nar_store.remove(result.nar_file)
             self.counters.upstream_fetches["refused"] += 1

@@ -96,7 +96,7 @@ async def setup(tmp_path, store, *, mode: str = "quorum", acl_trusts_seed: bool 
         stack.push_async_callback(listener.stop)
         server.url = f"http://127.0.0.30:{listener.port}"
         session = await stack.enter_async_context(aiohttp.ClientSession())
-        node.network.attestations_for = server.source(session)
+        node.network.trust.attestations_for = server.source(session)
         yield seed, node, builders, server
 
 
@@ -360,7 +360,7 @@ async def test_a_fork_found_after_the_narinfo_refuses_the_nar_before_commit(tmp_
             await node.network.challenge(other.path.rsplit("/", 1)[-1])
         finally:
             split.close()
-        assert node.network.checkpoints.is_forked(beta.origin)
+        assert node.network.trust.checkpoints.is_forked(beta.origin)
         basename = info.path.rsplit("/", 1)[-1]
         nar = await guix_client.get(host, port, f"/nar/{basename}")
         assert not nar.complete  # cut before its last chunk
