@@ -171,6 +171,10 @@ class ChunkTransfer:
         async def worker(provider: str) -> None:
             table = await self._table_of(provider)
             while table is not None and provider not in self._dropped:
+                # Let a worker already woken for the next batch take it first: without this
+                # yield, a worker that has just finished a batch takes the lock on its fast path
+                # ahead of one that waited, and a fast provider can starve the others.
+                await asyncio.sleep(0)
                 async with progress:
                     await progress.wait_for(lambda: not todo or next_batch_allowed())
                     if not todo:
