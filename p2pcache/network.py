@@ -43,7 +43,10 @@ from p2pcache.resolver import Candidate, MissResolver, ResolverSettings
 from p2pcache.server.admin_app import AiohttpListener
 from p2pcache.server.peer_app import PeerAPI
 from p2pcache.server.streaming import hold_back_last
-from p2pcache.trust.builder_log import BuilderLog
+from p2pcache.trust.builder_log import TRUST_DIR, BuilderLog
+from p2pcache.trust.checkpoint_store import CheckpointStore
+from p2pcache.trust.log_watch_metrics import LogWatchCollector, LogWatchCounters
+from p2pcache.trust.log_watching import LogWatching
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +122,11 @@ class PeerNetwork:
         self._upstream_narinfos: dict[str, UpstreamNarinfo] = {}
         self.announcer: Announcer | None = None
         self._tasks: list[asyncio.Task] = []
+        self.checkpoints: CheckpointStore | None = None
+        """The newest checkpoint accepted per builder log (gossip and bundles feed it)."""
+        self.log_watching: LogWatching | None = None
+        self.log_watch_counters = LogWatchCounters()
+        metrics.registry.register(LogWatchCollector(self.log_watch_counters))
         self.counters = NetworkCounters()
         metrics.registry.register(
             NetworkCollector(
@@ -134,6 +142,10 @@ class PeerNetwork:
         config = self.config
         self.identity = load_or_create_identity(config.data_dir)
         self.builder_log = BuilderLog.open(config.data_dir, self.identity.signing_key)
+        self.checkpoints = CheckpointStore(config.data_dir / TRUST_DIR / "checkpoints.sqlite")
+        self.log_watching = LogWatching(
+            config, self.checkpoints, self.builder_log, self.identity, self.log_watch_counters
+        )
         acl = load_guix_acl(config.guix_acl)
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=256, limit_per_host=16),
@@ -153,6 +165,8 @@ class PeerNetwork:
             sign_item=self.sign_item,
             builder_log=self.builder_log,
             on_log_served=lambda kind, count: self.counters.log_served.update({kind: count}),
+            checkpoint_notes=self.log_watching.gossip.newest_notes,
+            witness=self.log_watching.witness,
         )
         self._peer_listener = AiohttpListener(
             api.application(), config.peer_listen.host, config.peer_listen.port
@@ -209,6 +223,7 @@ class PeerNetwork:
             )
             await self.announcer.start()
             self._tasks.append(asyncio.create_task(self._announce_existing(), name="announce"))
+        await self.log_watching.start(client, self._gossip_peers)
         log.info(
             "peer API on %s (advertised as %s)%s",
             f"{config.peer_listen.host}:{self._peer_listener.port}",
@@ -257,6 +272,8 @@ class PeerNetwork:
         self._tasks.clear()
         if self.announcer is not None:
             await self.announcer.stop()
+        if self.log_watching is not None:
+            await self.log_watching.stop()
         if self._peer_listener is not None:
             await self._peer_listener.stop()
         if self.dht is not None:
@@ -267,6 +284,14 @@ class PeerNetwork:
             await self.session.close()
         if self.builder_log is not None:
             self.builder_log.close()
+        if self.checkpoints is not None:
+            self.checkpoints.close()
+
+    def _gossip_peers(self) -> list[str]:
+        """Peers to gossip checkpoints with: the configured ones, then those scored, best first."""
+        known = self.ranking.order(list(self.ranking.scores))
+        peers = [*self.config.gossip_peers, *known]
+        return [url for url in dict.fromkeys(peers) if url != self.peer_url]
 
     @property
     def peer_port(self) -> int:

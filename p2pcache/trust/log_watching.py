@@ -1,0 +1,115 @@
+"""Everything a node does to keep builders' logs honest, started and stopped as one piece.
+
+- checkpoint gossip (always): serve the newest accepted checkpoint per tracked builder log,
+  pull peers' lists every `trust.gossip_interval` (gossip.py, gossip_service.py);
+- the witness role (`[witness] enabled`): cosign watched builders' checkpoints after a
+  consistency check (witness.py, witness_service.py);
+- on a builder with `[builder] witnesses`: collect their cosignatures and attach them to the
+  checkpoints it serves (cosignature_collector.py).
+
+The node's CheckpointStore is passed in (the attestation verifier feeds the same one), so a
+fork is found whichever way the two checkpoints arrive.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from p2pcache.config import Config
+from p2pcache.net.identity import NodeIdentity
+from p2pcache.net.peer_client import PeerClient
+from p2pcache.trust.builder_log import TRUST_DIR, BuilderLog
+from p2pcache.trust.checkpoint_list import MAX_LISTED_CHECKPOINTS
+from p2pcache.trust.checkpoint_store import CheckpointStore
+from p2pcache.trust.cosignature import Cosigner
+from p2pcache.trust.cosignature_collector import CosignatureCollector
+from p2pcache.trust.gossip import CheckpointGossip, origin_key
+from p2pcache.trust.gossip_service import GossipService, ProofSource, no_proofs
+from p2pcache.trust.log_watch_metrics import LogWatchCounters
+from p2pcache.trust.witness import WITNESS_FILE, Witness, witness_name
+from p2pcache.trust.witness_service import WitnessService
+
+log = logging.getLogger(__name__)
+
+
+class LogWatching:
+    """Gossip, witness and cosignature collection of one node."""
+
+    def __init__(
+        self,
+        config: Config,
+        checkpoints: CheckpointStore,
+        builder_log: BuilderLog,
+        identity: NodeIdentity,
+        counters: LogWatchCounters,
+    ) -> None:
+        self.config = config
+        self.checkpoints = checkpoints
+        self.builder_log = builder_log
+        self.counters = counters
+        self.gossip = CheckpointGossip(
+            checkpoints, self.tracked_keys, own_checkpoint=self._own_checkpoint
+        )
+        self.witness: Witness | None = None
+        if config.witness_enabled:
+            cosigner = Cosigner(witness_name(identity.public_key), identity.signing_key)
+            self.witness = Witness(Path(config.data_dir) / TRUST_DIR / WITNESS_FILE, cosigner)
+        self.witness_service: WitnessService | None = None
+        self.gossip_service: GossipService | None = None
+        self.collector: CosignatureCollector | None = None
+
+    def tracked_keys(self) -> set[bytes]:
+        """Builders whose logs gossip follows: configured, and those already accepted."""
+        known = self.checkpoints.latest_checkpoints(MAX_LISTED_CHECKPOINTS)
+        keys = {origin_key(c.note) for c in known}
+        return set(self.config.gossip_builders) | {k for k in keys if k is not None}
+
+    def _own_checkpoint(self) -> bytes | None:
+        own = self.builder_log.bundles.latest_own_checkpoint()
+        return None if own is None else own.note
+
+    async def start(
+        self,
+        client: PeerClient,
+        peers: Callable[[], Sequence[str]],
+        proof_source: ProofSource = no_proofs,
+    ) -> None:
+        config = self.config
+        self.gossip_service = GossipService(
+            self.gossip,
+            client,
+            peers,
+            interval=config.gossip_interval,
+            fanout=config.gossip_fanout,
+            counters=self.counters,
+            proof_source=proof_source,
+        )
+        await self.gossip_service.start()
+        if self.witness is not None:
+            self.witness_service = WitnessService(
+                self.witness,
+                client,
+                config.witness_logs,
+                interval=config.witness_interval,
+                counters=self.counters,
+            )
+            await self.witness_service.start()
+        if config.builder_witnesses:
+            self.collector = CosignatureCollector(
+                self.builder_log,
+                client,
+                config.builder_witnesses,
+                interval=config.cosignature_interval,
+                counters=self.counters,
+            )
+            await self.collector.start()
+
+    async def stop(self) -> None:
+        for service in (self.collector, self.witness_service, self.gossip_service):
+            if service is not None:
+                await service.stop()
+        if self.witness is not None:
+            self.witness.close()
+            self.witness = None
