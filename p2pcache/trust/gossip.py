@@ -168,4 +168,3 @@ def outcome_label(result: Observation | Ignored) -> str:
 
 def is_fork(result: Observation | Ignored) -> bool:
     return isinstance(result, Observation) and result.outcome is Outcome.FORK_DETECTED
-

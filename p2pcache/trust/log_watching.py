@@ -67,7 +67,8 @@ class LogWatching:
         return set(self.config.gossip_builders) | {k for k in keys if k is not None}
 
     def _own_checkpoint(self) -> bytes | None:
-        own = self.builder_log.bundles.latest_own_checkpoint()
+        """The own log's newest checkpoint, signing one if the log grew (as the log route does)."""
+        own = self.builder_log.checkpoint()
         return None if own is None else own.note
 
     async def start(

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from p2pcache.trust.checkpoint import MAX_CHECKPOINT_SIZE, VerifiedCheckpoint, builder_origin
 from p2pcache.trust.checkpoint_store import CheckpointStore, ForkEvidence, Outcome
-from p2pcache.trust.cosignature import Cosigner, CosignatureVerifier
+from p2pcache.trust.cosignature import CosignatureVerifier, Cosigner
 from p2pcache.trust.signed_note import Ed25519NoteVerifier, Note, parse_note, render_note
 from p2pcache.trust.sqlite_file import ClosesOnExit, open_durable, write_transaction
 
@@ -169,8 +169,8 @@ class Witness(ClosesOnExit):
             observation = self.history.observe(checkpoint, consistency_proof)
             outcome = observation.outcome
             if outcome in _OUTCOMES:
-                verdict = _OUTCOMES[outcome]
-                return WitnessVerdict(verdict, self._cosigned(checkpoint.origin), observation.evidence)
+                served = self._cosigned(checkpoint.origin)
+                return WitnessVerdict(_OUTCOMES[outcome], served, observation.evidence)
             # FIRST_SEEN, ADVANCED, UNCHANGED: the checkpoint is now the newest accepted one.
             existing = self._db.execute(
                 "SELECT size, note FROM cosigned WHERE origin = ?", (checkpoint.origin,)

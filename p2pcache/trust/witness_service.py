@@ -1,4 +1,4 @@
-"""The witness's running shell: every interval, fetch each watched builder's checkpoint and judge it.
+"""The witness's running shell: every interval, fetch each watched builder's checkpoint, judge it.
 
 For each log in `[witness] logs` (a builder key and its peer URL): fetch the newest checkpoint
 (`GET /p2p/v1/log/checkpoint`), check the builder's signature, ask the builder itself for a
