@@ -152,15 +152,7 @@ class PeerClient:
         Checked to be a well-formed checkpoint note (at most 64 KiB, no extension lines); whose
         it is and whether its signature verifies is for the caller (checkpoint.py).
         """
-        url = peer_url(base, "/p2p/v1/log/checkpoint")
-        data = await self._small(url, MAX_CHECKPOINT_SIZE, self.limits.small_timeout)
-        if data is None:
-            return None
-        try:
-            parse_checkpoint(parse_note(data, max_size=MAX_CHECKPOINT_SIZE).text)
-        except NoteFormatError as e:
-            raise PeerMisbehaved(f"{url}: not a checkpoint: {e}") from None
-        return data
+        return await self._checkpoint_note(peer_url(base, "/p2p/v1/log/checkpoint"))
 
     async def fetch_cosigned_checkpoint(self, base: str, builder_key: bytes) -> bytes | None:
         """The newest checkpoint of a builder's log that a witness cosigned (None if none).
@@ -168,7 +160,11 @@ class PeerClient:
         Checked to be a well-formed checkpoint note; whether it is the builder's and whether
         the witness's cosignature verifies is for the caller.
         """
-        url = peer_url(base, f"/p2p/v1/witness/cosignature/{builder_key.hex()}")
+        path = f"/p2p/v1/witness/cosignature/{builder_key.hex()}"
+        return await self._checkpoint_note(peer_url(base, path))
+
+    async def _checkpoint_note(self, url: str) -> bytes | None:
+        """GET a checkpoint note: None on 404; a malformed one is misbehaviour."""
         data = await self._small(url, MAX_CHECKPOINT_SIZE, self.limits.small_timeout)
         if data is None:
             return None

@@ -17,7 +17,6 @@ cosignatures until the next round.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 
@@ -75,7 +74,7 @@ def attach_cosignature(own_note: bytes, line: NoteSignature) -> bytes:
 
 
 class CosignatureCollector:
-    """Pull cosignatures from this builder's witnesses; `start()`/`stop()` run it periodically."""
+    """Pull cosignatures from this builder's witnesses, one round at a time (periodic_rounds.py)."""
 
     def __init__(
         self,
@@ -83,30 +82,13 @@ class CosignatureCollector:
         client: PeerClient,
         witness_urls: Sequence[str],
         *,
-        interval: float,
         counters: LogWatchCounters,
     ) -> None:
         self.builder_log = builder_log
         self.client = client
         self.witness_urls = tuple(witness_urls)
-        self.interval = interval
         self.counters = counters
         self._verifiers: dict[str, CosignatureVerifier] = {}
-        self._task: asyncio.Task | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="cosignature-collector")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while True:
-            await self.collect_once()
-            await asyncio.sleep(self.interval)
 
     async def collect_once(self) -> dict[str, str]:
         """Ask every witness once: witness URL -> result word (attached, unchanged, ...)."""

@@ -1,4 +1,4 @@
-"""Checkpoint gossip's running shell: every `trust.gossip_interval`, pull a few peers' lists.
+"""Checkpoint gossip's shell: a round pulls a few peers' lists (every `trust.gossip_interval`).
 
 Bounded on every side: a round asks at most `fanout` peers (the configured gossip peers and
 the peers the node has exchanged data with, in random order), each list is at most 1 MiB and
@@ -11,7 +11,6 @@ thread (SQLite blocks).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
@@ -49,7 +48,6 @@ class GossipService:
         client: PeerClient,
         peers: Callable[[], Sequence[str]],
         *,
-        interval: float,
         fanout: int,
         counters: LogWatchCounters,
         proof_source: ProofSource = no_proofs,
@@ -57,29 +55,10 @@ class GossipService:
         self.gossip = gossip
         self.client = client
         self.peers = peers
-        self.interval = interval
         self.fanout = fanout
         self.counters = counters
         self.proof_source = proof_source
         self._peer_keys: dict[str, bytes] = {}
-        self._task: asyncio.Task | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="checkpoint-gossip")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.pull_once()
-            except Exception:
-                log.exception("checkpoint gossip failed; it runs again in %.0f s", self.interval)
 
     async def pull_once(self) -> dict[str, list[str]]:
         """Ask up to `fanout` peers once: peer URL -> the outcome of each note it sent."""

@@ -28,6 +28,7 @@ from p2pcache.trust.cosignature_collector import CosignatureCollector
 from p2pcache.trust.gossip import CheckpointGossip, origin_key
 from p2pcache.trust.gossip_service import GossipService, ProofSource, no_proofs
 from p2pcache.trust.log_watch_metrics import LogWatchCounters
+from p2pcache.trust.periodic_rounds import PeriodicRounds
 from p2pcache.trust.witness import WITNESS_FILE, Witness, witness_name
 from p2pcache.trust.witness_service import WitnessService
 
@@ -59,6 +60,7 @@ class LogWatching:
         self.witness_service: WitnessService | None = None
         self.gossip_service: GossipService | None = None
         self.collector: CosignatureCollector | None = None
+        self._rounds: list[PeriodicRounds] = []
 
     def tracked_keys(self) -> set[bytes]:
         """Builders whose logs gossip follows: configured, and those already accepted."""
@@ -77,40 +79,57 @@ class LogWatching:
         peers: Callable[[], Sequence[str]],
         proof_source: ProofSource = no_proofs,
     ) -> None:
+        """Start the rounds: gossip after a first interval (peers are still being met), the
+        witness and the cosignature collector at once."""
         config = self.config
         self.gossip_service = GossipService(
             self.gossip,
             client,
             peers,
-            interval=config.gossip_interval,
             fanout=config.gossip_fanout,
             counters=self.counters,
             proof_source=proof_source,
         )
-        await self.gossip_service.start()
+        rounds = [
+            PeriodicRounds(
+                "checkpoint gossip",
+                self.gossip_service.pull_once,
+                config.gossip_interval,
+                first_delay=config.gossip_interval,
+            )
+        ]
         if self.witness is not None:
             self.witness_service = WitnessService(
-                self.witness,
-                client,
-                config.witness_logs,
-                interval=config.witness_interval,
-                counters=self.counters,
+                self.witness, client, config.witness_logs, counters=self.counters
             )
-            await self.witness_service.start()
+            rounds.append(
+                PeriodicRounds("witness", self.witness_service.watch_once, config.witness_interval)
+            )
+            log.info(
+                "witnessing %d builder log(s) as %s, every %.0f s",
+                len(config.witness_logs),
+                self.witness.name,
+                config.witness_interval,
+            )
         if config.builder_witnesses:
             self.collector = CosignatureCollector(
-                self.builder_log,
-                client,
-                config.builder_witnesses,
-                interval=config.cosignature_interval,
-                counters=self.counters,
+                self.builder_log, client, config.builder_witnesses, counters=self.counters
             )
-            await self.collector.start()
+            rounds.append(
+                PeriodicRounds(
+                    "cosignature collection",
+                    self.collector.collect_once,
+                    config.cosignature_interval,
+                )
+            )
+        for periodic in rounds:
+            await periodic.start()
+            self._rounds.append(periodic)
 
     async def stop(self) -> None:
-        for service in (self.collector, self.witness_service, self.gossip_service):
-            if service is not None:
-                await service.stop()
+        for periodic in self._rounds:
+            await periodic.stop()
+        self._rounds.clear()
         if self.witness is not None:
             self.witness.close()
             self.witness = None

@@ -13,7 +13,6 @@ they are counted and retried next round. Only the witness's own verdict (fork-de
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 
@@ -27,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 class WitnessService:
-    """Watch builder logs and cosign what extends them; `start()`/`stop()` run it periodically."""
+    """Watch builder logs and cosign what extends them, one round at a time (periodic_rounds.py)."""
 
     def __init__(
         self,
@@ -35,35 +34,12 @@ class WitnessService:
         client: PeerClient,
         logs: Sequence[WatchedLog],
         *,
-        interval: float,
         counters: LogWatchCounters,
     ) -> None:
         self.witness = witness
         self.client = client
         self.logs = tuple(logs)
-        self.interval = interval
         self.counters = counters
-        self._task: asyncio.Task | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="witness")
-        log.info(
-            "witnessing %d builder log(s) as %s, every %.0f s",
-            len(self.logs),
-            self.witness.name,
-            self.interval,
-        )
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while True:
-            await self.watch_once()
-            await asyncio.sleep(self.interval)
 
     async def watch_once(self) -> dict[str, str]:
         """One round over every watched log: origin -> what happened (an outcome word)."""

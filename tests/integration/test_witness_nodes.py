@@ -9,6 +9,7 @@ cosignature, and the witness keeps the evidence.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import aiohttp
 import pytest
@@ -152,3 +153,22 @@ async def test_a_builder_that_rewrites_its_history_gets_no_cosignature(tmp_path,
         metrics = await asyncio.to_thread(scrape, witness.admin_port)
         assert metrics["p2pcache_trust_forks_detected_total"][()] == 1
         assert metrics["p2pcache_witness_checkpoints_total"][(("outcome", "fork-detected"),)] == 1
+
+
+async def test_on_their_own_schedule_the_builder_ends_up_serving_the_cosigned_checkpoint(tmp_path):
+    key, builder_config, witness_config, builder_url, _ = await watch_setup(tmp_path)
+    public = bytes(key.verify_key)
+    fast = {"witness_interval": 0.2, "cosignature_interval": 0.2}
+    async with (
+        running_node(dataclasses.replace(builder_config, **fast)),
+        running_node(dataclasses.replace(witness_config, **fast)) as witness,
+        aiohttp.ClientSession() as session,
+    ):
+        client = PeerClient(session)
+        witnesses = [witness_verifier(witness.network.identity.public_key)]
+        async with asyncio.timeout(20):
+            while True:
+                note = await client.fetch_checkpoint(builder_url)
+                if verify_checkpoint(note, public, witnesses=witnesses).cosignatures:
+                    break
+                await asyncio.sleep(0.1)

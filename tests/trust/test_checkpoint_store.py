@@ -47,14 +47,6 @@ def store(tmp_path):
 
 
 @pytest.fixture
-def builder(tmp_path):
-    b = Builder(tmp_path, "builder one")
-    b.grow(40)
-    yield b
-    b.log.close()
-
-
-@pytest.fixture
 def fork(tmp_path):
     """The same builder key signing another history: identical for 10 entries, then different."""
     other = Builder(tmp_path, "builder one", history="forked")

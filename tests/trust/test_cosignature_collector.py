@@ -13,17 +13,9 @@ from p2pcache.trust.cosignature_collector import (
 )
 from p2pcache.trust.signed_note import NoteSignature, NoteVerificationError, parse_note
 from p2pcache.trust.witness import witness_name, witness_verifier
-from tests.trust.test_checkpoint_store import Builder, key
+from tests.trust.test_checkpoint_store import key
 
 NOW = 1_790_000_000
-
-
-@pytest.fixture
-def builder(tmp_path):
-    b = Builder(tmp_path, "builder one")
-    b.grow(8)
-    yield b
-    b.log.close()
 
 
 def witness(label: str) -> Cosigner:

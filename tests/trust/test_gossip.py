@@ -15,29 +15,13 @@ from p2pcache.trust.gossip import (
     origin_key,
     outcome_label,
 )
-from tests.trust.test_checkpoint_store import Builder, key
+from tests.trust.test_checkpoint_store import key
 
 
 @pytest.fixture
 def store(tmp_path):
     with CheckpointStore(tmp_path / "checkpoints.sqlite") as s:
         yield s
-
-
-@pytest.fixture
-def builder(tmp_path):
-    b = Builder(tmp_path, "builder one")
-    b.grow(40)
-    yield b
-    b.log.close()
-
-
-@pytest.fixture
-def forked(tmp_path):
-    other = Builder(tmp_path, "builder one", history="split")
-    other.log.append_many(b"entry %d" % i if i < 10 else b"split %d" % i for i in range(40))
-    yield other
-    other.log.close()
 
 
 @pytest.fixture
@@ -136,3 +120,12 @@ def test_the_own_checkpoint_is_served_first(store, builder, tmp_path):
 
 def test_origin_key_reads_the_builder_key_from_the_note_text(builder):
     assert origin_key(builder.checkpoint(3).note) == builder.public
+
+
+def test_a_bundles_checkpoint_and_a_gossiped_one_meet_in_one_store(gossip, builder, forked):
+    """Bundles are the other source of checkpoints: whichever arrives first, the other is
+    judged against it, so a split view between a bundle and gossip is caught too."""
+    from_bundle = forked.checkpoint(12).note  # as carried in an attestation bundle
+    assert take(gossip, from_bundle).outcome is Outcome.FIRST_SEEN
+    result = take(gossip, builder.checkpoint(12).note)
+    assert is_fork(result) and result.evidence.first_note == from_bundle

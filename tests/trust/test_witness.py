@@ -32,23 +32,6 @@ def witness(tmp_path):
         yield w
 
 
-@pytest.fixture
-def builder(tmp_path):
-    b = Builder(tmp_path, "builder one")
-    b.grow(40)
-    yield b
-    b.log.close()
-
-
-@pytest.fixture
-def forked(tmp_path):
-    """The same key, another history: the first 10 entries agree, the rest were rewritten."""
-    other = Builder(tmp_path, "builder one", history="rewritten")
-    other.log.append_many(b"entry %d" % i if i < 10 else b"rewritten %d" % i for i in range(40))
-    yield other
-    other.log.close()
-
-
 def cosigned_by_witness(note: bytes, builder: Builder):
     """The note verified as a policy requiring this witness's cosignature would."""
     return verify_checkpoint(
