@@ -24,7 +24,7 @@ signature alone:
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass
 
 from p2pcache.errors import P2PCacheError
@@ -78,7 +78,13 @@ def origin_key(note: bytes) -> bytes | None:
     Cheap (no signature checked), so strangers' notes are dropped before any Ed25519 work.
     Raises FormatError (a NoteFormatError) for a malformed note.
     """
-    origin = parse_checkpoint(parse_note(note, max_size=MAX_CHECKPOINT_SIZE).text).origin
+    return builder_key_of(
+        parse_checkpoint(parse_note(note, max_size=MAX_CHECKPOINT_SIZE).text).origin
+    )
+
+
+def builder_key_of(origin: str) -> bytes | None:
+    """The key in a `p2pcache/builder/<64 hex>` origin (None for any other origin)."""
     hex_key = origin.removeprefix(BUILDER_ORIGIN_PREFIX)
     if hex_key == origin or len(hex_key) != 64 or hex_key != hex_key.lower():
         return None
@@ -111,13 +117,18 @@ class CheckpointGossip:
         notes.extend(c.note for c in self.store.latest_checkpoints(MAX_LISTED_CHECKPOINTS))
         return notes
 
-    def check(self, note: bytes) -> Received | Ignored:
-        """The cheap checks, then the builder's signature (no store access)."""
+    def check(self, note: bytes, tracked: Set[bytes] | None = None) -> Received | Ignored:
+        """The cheap checks, then the builder's signature.
+
+        `tracked`: the keys of `tracked_keys()`, read once for a whole list by the caller.
+        """
         try:
             key = origin_key(note)
         except P2PCacheError:
             return Ignored.INVALID
-        if key is None or key not in set(self.tracked_keys()):
+        if tracked is None:
+            tracked = set(self.tracked_keys())
+        if key is None or key not in tracked:
             return Ignored.UNKNOWN_ORIGIN
         try:
             return Received(verify_checkpoint(note, key))

@@ -79,15 +79,16 @@ class GossipService:
             self.counters.gossip_pulls["unavailable"] += 1
             return []
         self.counters.gossip_pulls["ok"] += 1
+        tracked = await asyncio.to_thread(lambda: set(self.gossip.tracked_keys()))
         outcomes = []
         for note in notes:
-            label = await self._take(url, note)
+            label = await self._take(url, note, tracked)
             self.counters.gossip_checkpoints[label] += 1
             outcomes.append(label)
         return outcomes
 
-    async def _take(self, url: str, note: bytes) -> str:
-        checked = await asyncio.to_thread(self.gossip.check, note)
+    async def _take(self, url: str, note: bytes, tracked: set[bytes]) -> str:
+        checked = await asyncio.to_thread(self.gossip.check, note, tracked)
         if isinstance(checked, Ignored):
             return checked.value
         result = await asyncio.to_thread(self.gossip.observe, checked)
@@ -122,12 +123,20 @@ class GossipService:
         return await self.proof_source(key, old, new)
 
     async def _peer_key(self, url: str) -> bytes | None:
+        """The identity key of the node answering at `url`, by its signed node information.
+
+        The information must name `url` as its own peer URL: a copy of a builder's signed
+        document replayed elsewhere must not make another peer's proofs count as the builder's.
+        """
         key = self._peer_keys.get(url)
         if key is None:
             try:
-                key = (await self.client.node_info(url)).public_key
+                info = await self.client.node_info(url)
             except PeerError:
                 return None
+            if info.peer_url.rstrip("/") != url.rstrip("/"):
+                return None
+            key = info.public_key
             if len(self._peer_keys) >= MAX_PEER_KEYS:
                 self._peer_keys.clear()
             self._peer_keys[url] = key

@@ -25,7 +25,7 @@ from p2pcache.trust.checkpoint_list import MAX_LISTED_CHECKPOINTS
 from p2pcache.trust.checkpoint_store import CheckpointStore
 from p2pcache.trust.cosignature import Cosigner
 from p2pcache.trust.cosignature_collector import CosignatureCollector
-from p2pcache.trust.gossip import CheckpointGossip, origin_key
+from p2pcache.trust.gossip import CheckpointGossip, builder_key_of
 from p2pcache.trust.gossip_service import GossipService, ProofSource, no_proofs
 from p2pcache.trust.log_watch_metrics import LogWatchCounters
 from p2pcache.trust.periodic_rounds import PeriodicRounds
@@ -65,7 +65,7 @@ class LogWatching:
     def tracked_keys(self) -> set[bytes]:
         """Builders whose logs gossip follows: configured, and those already accepted."""
         known = self.checkpoints.latest_checkpoints(MAX_LISTED_CHECKPOINTS)
-        keys = {origin_key(c.note) for c in known}
+        keys = {builder_key_of(c.origin) for c in known}
         return set(self.config.gossip_builders) | {k for k in keys if k is not None}
 
     def _own_checkpoint(self) -> bytes | None:

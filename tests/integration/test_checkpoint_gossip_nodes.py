@@ -17,6 +17,7 @@ from aiohttp import web
 from p2pcache.net.peer_client import PeerClient
 from p2pcache.trust.checkpoint import Checkpoint, builder_origin, sign_checkpoint
 from p2pcache.trust.checkpoint_list import MAX_CHECKPOINT_LIST_SIZE, render_checkpoint_list
+from p2pcache.trust.merkle_proof import consistency_proof_length
 from tests.integration.conftest import running_node
 from tests.integration.log_watch_nodes import attest_items, make_builder_dir, peer_config
 from tests.integration.test_node_metrics import scrape
@@ -102,6 +103,15 @@ async def test_an_honest_builder_advances_by_its_own_proof_and_peers_pass_it_on(
             assert latest.note in notes
 
 
+def answer(body: bytes):
+    """An aiohttp handler that always answers `body`."""
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=body)
+
+    return handler
+
+
 async def serve(app: web.Application, host: str) -> tuple[web.AppRunner, str]:
     runner = web.AppRunner(app)
     await runner.setup()
@@ -166,3 +176,37 @@ async def test_a_round_asks_at_most_fanout_peers(tmp_path):
     async with running_node(config) as peer:
         asked = await gossip_of(peer).pull_once()
         assert len(asked) == 2 and all(v == [] for v in asked.values())
+
+
+async def test_a_replayed_node_document_cannot_frame_an_honest_builder(tmp_path):
+    """A peer replaying the builder's signed /p2p/v1/node and serving a bogus proof is not
+    the builder: its proof is as good as none, and the builder is not found forked."""
+    data_dir = tmp_path / "builder"
+    key = make_builder_dir(data_dir, SEED)
+    attest_items(data_dir, key, range(2), "honest-1.0")
+    public = bytes(key.verify_key)
+    async with running_node(peer_config(data_dir, "127.0.90.1")) as builder:
+        url = builder.network.peer_url
+        config = peer_config(tmp_path / "p", "127.0.91.1", gossip_builders=(public,))
+        async with running_node(config) as peer, aiohttp.ClientSession() as session:
+            assert await gossip_of(peer).pull_from(url) == ["first-seen"]
+            attest_items(data_dir, key, range(2, 7), "honest-1.0")
+            async with session.get(f"{url}/p2p/v1/node") as response:
+                node_document = await response.read()
+            newest = await PeerClient(session).fetch_checkpoint(url)
+            bogus = b"\x09" * 32 * consistency_proof_length(2, 7)
+            app = web.Application()
+            app.router.add_get("/p2p/v1/node", answer(node_document))
+            app.router.add_get(
+                "/p2p/v1/checkpoints",
+                answer(render_checkpoint_list([newest])),
+            )
+            app.router.add_get("/p2p/v1/log/consistency/2/7", answer(bogus))
+            runner, impostor = await serve(app, "127.0.92.1")
+            try:
+                assert await gossip_of(peer).pull_from(impostor) == ["awaiting-proof"]
+            finally:
+                await runner.cleanup()
+            assert not peer.network.checkpoints.is_forked(builder_origin(public))
+            # The builder itself then settles it with its own (valid) proof.
+            assert await gossip_of(peer).pull_from(url) == ["advanced"]

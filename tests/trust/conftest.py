@@ -1,4 +1,4 @@
-"""Fixtures shared by the log-watching tests: one builder key, two histories of its log."""
+"""Fixtures shared by the checkpoint, witness and gossip tests: one builder key, two histories."""
 
 from __future__ import annotations
 
