@@ -83,24 +83,33 @@ async def test_a_failing_proof_from_the_builder_itself_is_fork_evidence(tmp_path
             assert evidence.kind == "inconsistent" and evidence.proof
 
 
-async def test_an_honest_builder_advances_by_its_own_proof_and_peers_pass_it_on(tmp_path):
+@contextlib.asynccontextmanager
+async def builder_grown_after_first_gossip(tmp_path, hosts: tuple[str, str]):
+    """An honest builder (2 items) and a peer that gossiped its first checkpoint; then the
+    builder attests 5 more. Yields (builder public key, builder URL, peer node)."""
     data_dir = tmp_path / "builder"
     key = make_builder_dir(data_dir, SEED)
     attest_items(data_dir, key, range(2), "honest-1.0")
     public = bytes(key.verify_key)
-    async with running_node(peer_config(data_dir, "127.0.84.1")) as builder:
+    async with running_node(peer_config(data_dir, hosts[0])) as builder:
         url = builder.network.peer_url
-        config = peer_config(tmp_path / "p", "127.0.85.1", gossip_builders=(public,))
+        config = peer_config(tmp_path / "p", hosts[1], gossip_builders=(public,))
         async with running_node(config) as peer:
             assert await gossip_of(peer).pull_from(url) == ["first-seen"]
             attest_items(data_dir, key, range(2, 7), "honest-1.0")
-            assert await gossip_of(peer).pull_from(url) == ["advanced"]
-            latest = peer.network.checkpoints.latest(builder_origin(public))
-            assert latest.size == 7
-            # The peer serves what it accepted; a third node gets it from there, unchanged.
-            async with aiohttp.ClientSession() as session:
-                notes = await PeerClient(session).fetch_checkpoint_list(peer.network.peer_url)
-            assert latest.note in notes
+            yield public, url, peer
+
+
+async def test_an_honest_builder_advances_by_its_own_proof_and_peers_pass_it_on(tmp_path):
+    hosts = ("127.0.84.1", "127.0.85.1")
+    async with builder_grown_after_first_gossip(tmp_path, hosts) as (public, url, peer):
+        assert await gossip_of(peer).pull_from(url) == ["advanced"]
+        latest = peer.network.checkpoints.latest(builder_origin(public))
+        assert latest.size == 7
+        # The peer serves what it accepted; a third node gets it from there, unchanged.
+        async with aiohttp.ClientSession() as session:
+            notes = await PeerClient(session).fetch_checkpoint_list(peer.network.peer_url)
+        assert latest.note in notes
 
 
 def answer(body: bytes):
@@ -181,32 +190,27 @@ async def test_a_round_asks_at_most_fanout_peers(tmp_path):
 async def test_a_replayed_node_document_cannot_frame_an_honest_builder(tmp_path):
     """A peer replaying the builder's signed /p2p/v1/node and serving a bogus proof is not
     the builder: its proof is as good as none, and the builder is not found forked."""
-    data_dir = tmp_path / "builder"
-    key = make_builder_dir(data_dir, SEED)
-    attest_items(data_dir, key, range(2), "honest-1.0")
-    public = bytes(key.verify_key)
-    async with running_node(peer_config(data_dir, "127.0.90.1")) as builder:
-        url = builder.network.peer_url
-        config = peer_config(tmp_path / "p", "127.0.91.1", gossip_builders=(public,))
-        async with running_node(config) as peer, aiohttp.ClientSession() as session:
-            assert await gossip_of(peer).pull_from(url) == ["first-seen"]
-            attest_items(data_dir, key, range(2, 7), "honest-1.0")
-            async with session.get(f"{url}/p2p/v1/node") as response:
-                node_document = await response.read()
-            newest = await PeerClient(session).fetch_checkpoint(url)
-            bogus = b"\x09" * 32 * consistency_proof_length(2, 7)
-            app = web.Application()
-            app.router.add_get("/p2p/v1/node", answer(node_document))
-            app.router.add_get(
-                "/p2p/v1/checkpoints",
-                answer(render_checkpoint_list([newest])),
-            )
-            app.router.add_get("/p2p/v1/log/consistency/2/7", answer(bogus))
-            runner, impostor = await serve(app, "127.0.92.1")
-            try:
-                assert await gossip_of(peer).pull_from(impostor) == ["awaiting-proof"]
-            finally:
-                await runner.cleanup()
-            assert not peer.network.checkpoints.is_forked(builder_origin(public))
-            # The builder itself then settles it with its own (valid) proof.
-            assert await gossip_of(peer).pull_from(url) == ["advanced"]
+    hosts = ("127.0.90.1", "127.0.91.1")
+    async with (
+        builder_grown_after_first_gossip(tmp_path, hosts) as (public, url, peer),
+        aiohttp.ClientSession() as session,
+    ):
+        async with session.get(f"{url}/p2p/v1/node") as response:
+            node_document = await response.read()
+        newest = await PeerClient(session).fetch_checkpoint(url)
+        bogus = b"\x09" * 32 * consistency_proof_length(2, 7)
+        app = web.Application()
+        app.router.add_get("/p2p/v1/node", answer(node_document))
+        app.router.add_get(
+            "/p2p/v1/checkpoints",
+            answer(render_checkpoint_list([newest])),
+        )
+        app.router.add_get("/p2p/v1/log/consistency/2/7", answer(bogus))
+        runner, impostor = await serve(app, "127.0.92.1")
+        try:
+            assert await gossip_of(peer).pull_from(impostor) == ["awaiting-proof"]
+        finally:
+            await runner.cleanup()
+        assert not peer.network.checkpoints.is_forked(builder_origin(public))
+        # The builder itself then settles it with its own (valid) proof.
+        assert await gossip_of(peer).pull_from(url) == ["advanced"]
