@@ -14,7 +14,7 @@ fork is found whichever way the two checkpoints arrive.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from p2pcache.config import Config
@@ -45,8 +45,12 @@ class LogWatching:
         builder_log: BuilderLog,
         identity: NodeIdentity,
         counters: LogWatchCounters,
+        *,
+        trusted_builders: Callable[[], Iterable[bytes]] = tuple,
     ) -> None:
         self.config = config
+        self.trusted_builders = trusted_builders
+        """The keys of the builders the trust policy names (re-read on every round)."""
         self.checkpoints = checkpoints
         self.builder_log = builder_log
         self.counters = counters
@@ -63,10 +67,11 @@ class LogWatching:
         self._rounds: list[PeriodicRounds] = []
 
     def tracked_keys(self) -> set[bytes]:
-        """Builders whose logs gossip follows: configured, and those already accepted."""
+        """Builders whose logs gossip follows: trusted, configured, and those already accepted."""
         known = self.checkpoints.latest_checkpoints(MAX_LISTED_CHECKPOINTS)
         keys = {builder_key_of(c.origin) for c in known}
-        return set(self.config.gossip_builders) | {k for k in keys if k is not None}
+        tracked = set(self.trusted_builders()) | set(self.config.gossip_builders)
+        return tracked | {k for k in keys if k is not None}
 
     def _own_checkpoint(self) -> bytes | None:
         """The own log's newest checkpoint, signing one if the log grew (as the log route does)."""
