@@ -94,6 +94,14 @@ class Config:
     bootstrap: tuple[ListenAddress, ...] = ()
     upstreams: tuple[str, ...] = ()
     guix_acl: Path = Path("/etc/guix/acl")
+    trust_file: Path | None = None
+    """None: `trust/trusted-keys` in the data directory."""
+    trust_mode: str = "either"
+    trust_quorum: int = 2
+    trust_require_log_proofs: bool = True
+    trust_witnesses_required: int = 0
+    trust_accept_forced: bool = False
+    attestation_timeout: float = 3.0
     miss_timeout: float = 8.0
     dht_rpc_timeout: float = 1.5
     dht_max_per_ip: int = 2
@@ -137,12 +145,19 @@ class Config:
     def effective_zstd_threads(self) -> int:
         return self.zstd_threads or max(1, os.cpu_count() or 1)
 
+    def effective_trust_file(self) -> Path:
+        return self.trust_file or self.data_dir / "trust" / "trusted-keys"
+
 
 # TOML key -> (Config field, converter). The converter raises ValueError with a message.
 def _path(value: Any) -> Path:
     if not isinstance(value, str) or not value:
         raise ValueError(f"expected a path, got {value!r}")
     return Path(value).expanduser()
+
+
+def _optional_path(value: Any) -> Path | None:
+    return None if value == "" else _path(value)
 
 
 def _store_dir(value: Any) -> str:
@@ -271,6 +286,13 @@ OPTIONS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "dht.announce_keys_per_second": ("announce_keys_per_second", _rate),
     "upstream.urls": ("upstreams", _url_list),
     "trust.guix_acl": ("guix_acl", _path),
+    "trust.file": ("trust_file", _optional_path),
+    "trust.mode": ("trust_mode", _choice("either", "upstream", "quorum", "both")),
+    "trust.quorum": ("trust_quorum", _int_range(1, 64)),
+    "trust.require_log_proofs": ("trust_require_log_proofs", _bool),
+    "trust.witnesses_required": ("trust_witnesses_required", _int_range(0, 32)),
+    "trust.accept_forced": ("trust_accept_forced", _bool),
+    "trust.attestation_timeout": ("attestation_timeout", _seconds),
     "guix_endpoint.miss_timeout": ("miss_timeout", _seconds),
     "admin.listen": ("admin_listen", _listen),
     "admin.metrics_listen": ("metrics_listen", _optional_listen),

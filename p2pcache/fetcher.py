@@ -4,9 +4,13 @@ The NAR request for an item the node knows (its narinfo was accepted) but does n
 chunks come from providers (net/transfer), each checked against its digest; the verified
 uncompressed bytes go to the client as they arrive, and the providers' frames go into a temp
 file in the cache. The last chunk is held back until the whole NAR hashes to NarHash and
-NarSize; only then is the file committed, the index updated and the item announced. Any
-failed check cuts the client's stream (the server aborts the connection) and leaves nothing
-in the cache.
+NarSize, and the trust policy, asked again through `before_commit`, still accepts the item
+(a builder may have been found forking its log meanwhile, and the chunk root of the bytes
+must be the one the builders attested); only then is the file committed, the index updated
+and the item announced. Chunks are checked from the start against the chunk root the
+builders attested (`expected_root`), so a peer sending other bytes is caught at its first
+chunk and penalized. Any failed check cuts the client's stream (the server aborts the
+connection) and leaves nothing in the cache.
 """
 
 from __future__ import annotations
@@ -30,6 +34,13 @@ from p2pcache.net.transfer import ChunkTransfer, TransferFailed, TransferStats, 
 log = logging.getLogger(__name__)
 
 ProvidersOf = Callable[[str], Awaitable[list[str]]]
+BeforeCommit = Callable[[IndexedItem, bytes], Awaitable[None]]
+"""`(item, chunk root of the verified NAR)`: raises (e.g. PolicyRejected) to keep it out."""
+ExpectedRoot = Callable[[IndexedItem], bytes | None]
+
+
+async def _commit_anything(item: IndexedItem, chunk_root: bytes) -> None:
+    return None
 
 
 class FetchedNarMismatch(P2PCacheError):
@@ -56,7 +67,11 @@ class ItemFetcher:
         settings: FetchSettings | None = None,
         on_cached: Callable[[IndexedItem], None] = lambda item: None,
         on_transfer: Callable[[str, TransferStats], None] = lambda outcome, stats: None,
+        before_commit: BeforeCommit = _commit_anything,
+        expected_root: ExpectedRoot = lambda item: item.chunk_root,
     ) -> None:
+        self.before_commit = before_commit
+        self.expected_root = expected_root
         self.index = index
         self.nar_store = nar_store
         self.client = client
@@ -119,7 +134,7 @@ class ItemFetcher:
             parallel=self.settings.parallel,
             batch=self.settings.batch,
             window=self.settings.window,
-            expected_root=item.chunk_root,
+            expected_root=self.expected_root(item),
         )
         started = time.monotonic()
         hasher = NarHasher()
@@ -144,6 +159,7 @@ class ItemFetcher:
                 reference = transfer.reference
                 assert reference is not None
                 table = ChunkTable(item.nar_size, tuple(frame_sizes), reference.digests)
+                await self.before_commit(item, table.root)
                 name = await loop.run_in_executor(
                     self.executor, self.nar_store.commit, pending, item.hash_part
                 )

@@ -4,8 +4,10 @@
 as one piece: the node's Ed25519 identity, the DHT node (announcing what the cache holds,
 finding who holds the rest), the peer listener (serving chunks to others), the HTTP client
 session shared by the peer client and the upstream client, the miss resolver (peers and
-upstreams asked at once, a narinfo accepted only if signed by a key in the Guix ACL), and the
-fetchers that bring an accepted item into the cache while Guix receives it.
+upstreams asked at once, a narinfo accepted when the trust policy says so), the fetchers
+that bring an accepted item into the cache while Guix receives it, and the trust gate
+(trust_gate.py) both ask, whose seams `attestations_for` and `consistency_proof` the peer
+API's attestation and log routes feed.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from p2pcache.net.announcer import Announcer, AnnouncerConfig
 from p2pcache.net.baking_tee import NarHashMismatch
 from p2pcache.net.dht import DHTConfig, DHTNode
 from p2pcache.net.dht_routing import ContactLimits
+from p2pcache.net.evidence_source import PeerEvidence
 from p2pcache.net.identity import NodeIdentity, load_or_create_identity
 from p2pcache.net.network_metrics import NetworkCollector, NetworkCounters
 from p2pcache.net.peer_client import PeerClient
@@ -42,11 +45,11 @@ from p2pcache.net.upstream_narinfo import UpstreamNarinfo, preferred_groups
 from p2pcache.resolver import Candidate, MissResolver, ResolverSettings
 from p2pcache.server.admin_app import AiohttpListener
 from p2pcache.server.peer_app import PeerAPI
-from p2pcache.server.streaming import hold_back_last
-from p2pcache.trust.builder_log import TRUST_DIR, BuilderLog
-from p2pcache.trust.checkpoint_store import CheckpointStore
+from p2pcache.trust.attestation_bundle import AttestationBundle
+from p2pcache.trust.builder_log import BuilderLog
 from p2pcache.trust.log_watch_metrics import LogWatchCollector, LogWatchCounters
 from p2pcache.trust.log_watching import LogWatching
+from p2pcache.trust_gate import TrustGate
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +100,9 @@ class PeerNetwork:
         on_cached: Callable[[IndexedItem], None],
         sign_item: Callable[[IndexedItem], IndexedItem] | None = None,
         activity: RecentActivity | None = None,
+        on_refused: Callable[[str], None] = lambda hash_part: None,
     ) -> None:
+        self.on_refused = on_refused
         self.config = config
         self.index = index
         self.nar_store = nar_store
@@ -122,11 +127,10 @@ class PeerNetwork:
         self._upstream_narinfos: dict[str, UpstreamNarinfo] = {}
         self.announcer: Announcer | None = None
         self._tasks: list[asyncio.Task] = []
-        self.checkpoints: CheckpointStore | None = None
-        """The newest checkpoint accepted per builder log (gossip and bundles feed it)."""
+        self.trust: TrustGate | None = None
+        self.evidence: PeerEvidence | None = None
         self.log_watching: LogWatching | None = None
-        self.log_watch_counters = LogWatchCounters()
-        metrics.registry.register(LogWatchCollector(self.log_watch_counters))
+        """Checkpoint gossip, the witness role, cosignature collection (trust/log_watching)."""
         self.counters = NetworkCounters()
         metrics.registry.register(
             NetworkCollector(
@@ -135,6 +139,8 @@ class PeerNetwork:
                 lambda: (len(self.ranking.scores), self.ranking.banned_count()),
             )
         )
+        self.log_watch_counters = LogWatchCounters(on_fork=self.counters.trust.count_fork)
+        metrics.registry.register(LogWatchCollector(self.log_watch_counters))
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -142,11 +148,27 @@ class PeerNetwork:
         config = self.config
         self.identity = load_or_create_identity(config.data_dir)
         self.builder_log = BuilderLog.open(config.data_dir, self.identity.signing_key)
-        self.checkpoints = CheckpointStore(config.data_dir / TRUST_DIR / "checkpoints.sqlite")
-        self.log_watching = LogWatching(
-            config, self.checkpoints, self.builder_log, self.identity, self.log_watch_counters
-        )
         acl = load_guix_acl(config.guix_acl)
+        self.trust = TrustGate(
+            config,
+            self.index,
+            acl,
+            self.counters.trust,
+            resolution_of=lambda h: self.resolver.accepted_from.get(h) if self.resolver else None,
+            withdraw=self._withdraw_promise,
+            carry=self._carry_bundle,
+        )
+        self.trust.start()
+        assert self.trust.checkpoints is not None
+        trust = self.trust
+        self.log_watching = LogWatching(
+            config,
+            trust.checkpoints,
+            self.builder_log,
+            self.identity,
+            self.log_watch_counters,
+            trusted_builders=lambda: [builder.key for builder in trust.policy().builders],
+        )
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=256, limit_per_host=16),
             cookie_jar=aiohttp.DummyCookieJar(),
@@ -193,6 +215,11 @@ class PeerNetwork:
                 config.dht_listen.port,
                 [(b.host, b.port) for b in config.bootstrap],
             )
+        self.evidence = PeerEvidence(
+            client, self.directory.providers, self.ranking, self._local_bundles
+        )
+        self.trust.attestations_for = self.evidence.attestations_for
+        self.trust.consistency_proof = self.evidence.consistency_proof
         sources = [peer_narinfo_source(self.directory, client, self.ranking)]
         if config.upstreams:
             sources.append(self._upstream_source)
@@ -203,6 +230,7 @@ class PeerNetwork:
             ResolverSettings(store_dir=config.store_dir, timeout=config.miss_timeout),
             on_outcome=self._miss_outcome,
             on_rejected=self._narinfo_refused,
+            trust=self.trust.item_trust,
         )
         self.fetcher = ItemFetcher(
             self.index,
@@ -214,6 +242,8 @@ class PeerNetwork:
             settings=FetchSettings(parallel=config.fetch_parallel),
             on_cached=self._cached,
             on_transfer=self._transfer_outcome,
+            before_commit=self.trust.before_commit,
+            expected_root=self.trust.expected_root,
         )
         if self.dht is not None:
             self.announcer = Announcer(
@@ -223,7 +253,12 @@ class PeerNetwork:
             )
             await self.announcer.start()
             self._tasks.append(asyncio.create_task(self._announce_existing(), name="announce"))
-        await self.log_watching.start(client, self._gossip_peers)
+        trust = self.trust
+        await self.log_watching.start(
+            client,
+            self._gossip_peers,
+            proof_source=lambda key, old, new: trust.consistency_proof(key, old, new),
+        )
         log.info(
             "peer API on %s (advertised as %s)%s",
             f"{config.peer_listen.host}:{self._peer_listener.port}",
@@ -231,10 +266,33 @@ class PeerNetwork:
             f", DHT on {self.dht.address[0]}:{self.dht.address[1]} (UDP)" if self.dht else "",
         )
 
+    def _local_bundles(self, hash_part: str) -> list[bytes]:
+        """The bundles this node holds for an item: its own attestation's, then carried ones."""
+        if self.builder_log is None:
+            return []
+        own = self.builder_log.own_bundle(hash_part)
+        return ([own] if own is not None else []) + self.builder_log.bundles.carried(hash_part)
+
+    def _carry_bundle(self, hash_part: str, bundle: AttestationBundle) -> None:
+        if self.builder_log is not None:
+            self.builder_log.bundles.add_carried(hash_part, bundle)
+
     def _served(self, hash_part: str, nbytes: int) -> None:
         """A peer fetched chunks of an item from this node: count the bytes, and the demand."""
         self.counters.transfer_bytes["out"] += nbytes
         self.note_requested([hash_part])
+
+    async def challenge(self, basename: str) -> dict:
+        """What each trusted builder attests for a store item (`p2pcache challenge`)."""
+        assert self.trust is not None
+        return await self.trust.challenge(basename)
+
+    async def _withdraw_promise(self, hash_part: str) -> None:
+        """The policy no longer accepts an item: its narinfo is no longer offered to Guix."""
+        if self.resolver is not None:
+            self.resolver.accepted_from.pop(hash_part, None)
+        await self.index.remove([hash_part])
+        self.on_refused(hash_part)
 
     def _miss_outcome(self, outcome: str, seconds: float) -> None:
         self.counters.misses[outcome] += 1
@@ -284,8 +342,8 @@ class PeerNetwork:
             await self.session.close()
         if self.builder_log is not None:
             self.builder_log.close()
-        if self.checkpoints is not None:
-            self.checkpoints.close()
+        if self.trust is not None:
+            self.trust.close()
 
     def _gossip_peers(self) -> list[str]:
         """Peers to gossip checkpoints with: the configured ones, then those scored, best first."""
@@ -414,21 +472,34 @@ class PeerNetwork:
             level=self.config.zstd_level,
             executor=self.compress_executor,
         ) as tee:
-            async for piece in hold_back_last(tee):
-                yield piece
+            # The last piece waits for the NarHash check and the trust policy (below).
+            held: bytes | None = None
+            async for piece in tee:
+                if held is not None:
+                    yield held
+                held = piece
         try:
             result = await tee.result()
         except P2PCacheError:
             self.counters.upstream_fetches["failed"] += 1
             raise
-        self.counters.upstream_fetches["ok"] += 1
         table = result.table
+        try:
+            assert self.trust is not None
+            await self.trust.before_commit(item, table.root)
+        except P2PCacheError:
+            self.nar_store.remove(result.nar_file)
+            self.counters.upstream_fetches["refused"] += 1
+            raise
+        self.counters.upstream_fetches["ok"] += 1
         await self.index.mark_baked(
             item.hash_part, result.nar_file, table.file_size, table.encode(), table.root
         )
         cached = self.index.get(item.hash_part)
         if cached is not None:
             self._cached(cached)
+        if held is not None:
+            yield held
 
     def _cached(self, item: IndexedItem) -> None:
         """A fetched item is in the cache: the node drops its stale narinfo and announces it."""

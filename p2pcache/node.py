@@ -166,6 +166,7 @@ class Node:
             on_cached=lambda item: self._item_changed(item.hash_part),
             sign_item=self._sign_item,
             activity=self.activity,
+            on_refused=self._forget,
         )
         await self.network.start()
         self.endpoint.resolve_miss = self._resolve_miss
@@ -178,7 +179,9 @@ class Node:
             self.lan_advertiser = LanAdvertiser(config.host_name, config.listen.host, http.port)
             await self.lan_advertiser.start()
         admin = AiohttpListener(
-            make_admin_app(self.metrics.registry, self.status, self.network.which),
+            make_admin_app(
+                self.metrics.registry, self.status, self.network.which, self.network.challenge
+            ),
             config.admin_listen.host,
             config.admin_listen.port,
         )

@@ -2,8 +2,11 @@
 
 A narinfo request for an unknown item asks every source at once (the DHT's providers, then
 each provider's narinfo; the configured upstream servers), bounded in time, and takes the
-first narinfo the node accepts (net: signed by a key in the Guix ACL, for the requested
-item, in the current layout). Pipelined misses resolve concurrently, up to a bound, and the
+first narinfo the node accepts: signed by a key in the Guix ACL, for the requested item, in
+the current layout; or, when a trust policy with builders is given (trust/item_trust.py),
+whatever the policy decides from the item's attestation bundles, gathered once per lookup.
+An item accepted on builders' word alone is recorded without a signed part: the node signs
+its own narinfo for it. Pipelined misses resolve concurrently, up to a bound, and the
 same item asked twice at once is looked up once. A miss is remembered for a short time so a
 burst of requests for an absent item costs one lookup; a slow lookup is never turned into a
 long-cached 404 (the endpoint's 404 max-age stays short).
@@ -20,14 +23,21 @@ from dataclasses import dataclass
 
 from p2pcache.cache.index import CacheIndex, IndexedItem, NewItem, Origin
 from p2pcache.errors import P2PCacheError
+from p2pcache.guix.narinfo import Narinfo
 from p2pcache.guix.signing_key import GuixPublicKey
+from p2pcache.trust.item_trust import ItemTrust
 from p2pcache.trust.narinfo_acceptance import (
-    AcceptedNarinfo,
     NarinfoRejected,
     accept_relayed_narinfo,
 )
+from p2pcache.trust.narinfo_claim import read_relayed_narinfo
+from p2pcache.trust.policy import Decision
 
 log = logging.getLogger(__name__)
+
+KEPT_BUNDLE_BYTES = 64 * 1024
+"""An item's bundles are kept with its resolution up to this size (a few builders' bundles are
+a few KiB); larger sets are gathered again when the NAR is about to be committed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +67,23 @@ class Resolution:
     item: IndexedItem
     origin: Origin
     source: str
+    decision: Decision | None = None
+    """The trust policy's decision, when the policy consulted attestations."""
+    bundles: tuple[bytes, ...] = ()
+    """The bundles it was made from, kept when small (judged again before the NAR is kept)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Judged:
+    """A candidate the node accepts, and what it records for it."""
+
+    narinfo: Narinfo
+    nar_size: int
+    signed_part: bytes | None
+    """The upstream-signed part, relayed byte for byte; None: the node signs its own."""
+    signature_line: bytes | None
+    decision: Decision | None
+    bundles: tuple[bytes, ...] = ()
 
 
 class MissResolver:
@@ -69,8 +96,10 @@ class MissResolver:
         *,
         on_outcome: Callable[[str, float], None] = lambda outcome, seconds: None,
         on_rejected: Callable[[str], None] = lambda reason: None,
+        trust: ItemTrust | None = None,
     ) -> None:
         self.index = index
+        self.trust = trust
         self.acl = acl
         self.sources = sources
         self.settings = settings or ResolverSettings()
@@ -125,14 +154,15 @@ class MissResolver:
         if accepted is None:
             self._remember_absent(hash_part)
             return None
-        candidate, narinfo = accepted
-        resolution = await self._record(hash_part, candidate, narinfo)
+        candidate, judged = accepted
+        resolution = await self._record(hash_part, candidate, judged)
         log.info(
-            "found %s at %s %s (%.0f ms)",
-            narinfo.narinfo.store_path,
+            "found %s at %s %s (%.0f ms)%s",
+            judged.narinfo.store_path,
             "upstream" if candidate.origin is Origin.UPSTREAM else "peer",
             candidate.source,
             seconds * 1000,
+            f", {judged.decision.explain()}" if judged.decision else "",
         )
         return resolution
 
@@ -144,7 +174,7 @@ class MissResolver:
                 self._absent.clear()
         self._absent[hash_part] = time.monotonic() + self.settings.negative_ttl
 
-    async def _first_accepted(self, hash_part: str) -> tuple[Candidate, AcceptedNarinfo] | None:
+    async def _first_accepted(self, hash_part: str) -> tuple[Candidate, Judged] | None:
         queue: asyncio.Queue[Candidate | None] = asyncio.Queue()
 
         async def drain(source: NarinfoSource) -> None:
@@ -158,6 +188,7 @@ class MissResolver:
 
         tasks = [asyncio.create_task(drain(source)) for source in self.sources]
         remaining = len(tasks)
+        bundles: list[list[bytes]] = []  # gathered at most once per lookup
         try:
             while remaining:
                 candidate = await queue.get()
@@ -165,9 +196,7 @@ class MissResolver:
                     remaining -= 1
                     continue
                 try:
-                    accepted = accept_relayed_narinfo(
-                        candidate.data, hash_part, self.acl, self.settings.store_dir
-                    )
+                    accepted = await self._judge(candidate, hash_part, bundles)
                 except NarinfoRejected as e:
                     self.on_rejected(e.reason)
                     source = candidate.source
@@ -182,9 +211,37 @@ class MissResolver:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    async def _record(
-        self, hash_part: str, candidate: Candidate, accepted: AcceptedNarinfo
-    ) -> Resolution:
+    async def _judge(
+        self, candidate: Candidate, hash_part: str, bundles: list[list[bytes]]
+    ) -> Judged:
+        """Accept a candidate or raise NarinfoRejected with the reason (for metrics)."""
+        store_dir = self.settings.store_dir
+        if self.trust is None or not self.trust.policy.needs_attestations:
+            upstream = accept_relayed_narinfo(candidate.data, hash_part, self.acl, store_dir)
+            return Judged(
+                upstream.narinfo,
+                upstream.nar_size,
+                upstream.signed_part,
+                upstream.signature_line,
+                None,
+            )
+        relayed = read_relayed_narinfo(candidate.data, hash_part, self.acl, store_dir)
+        if not bundles:
+            bundles.append(await self.trust.gather(hash_part))
+        decision = await self.trust.judge(relayed.claim, bundles[0])
+        if not decision.accepted:
+            raise NarinfoRejected(decision.reason, f"trust policy: {decision.explain()}")
+        upstream = relayed.upstream if decision.basis in ("upstream", "both") else None
+        return Judged(
+            relayed.narinfo,
+            relayed.claim.nar_size,
+            upstream.signed_part if upstream else None,
+            upstream.signature_line if upstream else None,
+            decision,
+            tuple(bundles[0]) if sum(map(len, bundles[0])) <= KEPT_BUNDLE_BYTES else (),
+        )
+
+    async def _record(self, hash_part: str, candidate: Candidate, accepted: Judged) -> Resolution:
         narinfo = accepted.narinfo
         assert narinfo.store_path is not None and narinfo.nar_hash is not None
         await self.index.add_items(
@@ -204,7 +261,9 @@ class MissResolver:
         )
         item = self.index.get(hash_part)
         assert item is not None
-        resolution = Resolution(item, candidate.origin, candidate.source)
+        resolution = Resolution(
+            item, candidate.origin, candidate.source, accepted.decision, accepted.bundles
+        )
         self.accepted_from[hash_part] = resolution
         if len(self.accepted_from) > 100_000:
             self.accepted_from.pop(next(iter(self.accepted_from)))

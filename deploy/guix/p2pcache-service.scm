@@ -132,6 +132,20 @@
   ;; [trust]
   (guix-acl      p2pcache-configuration-guix-acl          ;string
                  (default "/etc/guix/acl"))
+  (trust-file    p2pcache-configuration-trust-file        ;#f | string (edited by
+                 (default #f))                            ;`p2pcache trust')
+  (trust-mode    p2pcache-configuration-trust-mode        ;"either" | "upstream" |
+                 (default "either"))                      ;"quorum" | "both"
+  (quorum        p2pcache-configuration-quorum            ;integer
+                 (default 2))
+  (require-log-proofs? p2pcache-configuration-require-log-proofs? ;boolean
+                       (default #t))
+  (witnesses-required p2pcache-configuration-witnesses-required ;integer
+                      (default 0))
+  (accept-forced? p2pcache-configuration-accept-forced?   ;boolean
+                  (default #f))
+  (attestation-timeout p2pcache-configuration-attestation-timeout ;seconds
+                       (default 3))
   (gossip-interval p2pcache-configuration-gossip-interval ;seconds; checkpoint gossip
                    (default 300))
   (gossip-fanout p2pcache-configuration-gossip-fanout     ;integer, peers per round
@@ -207,6 +221,13 @@
     ("dht" "announce_keys_per_second" ,p2pcache-configuration-announce-keys-per-second number)
     ("upstream" "urls" ,p2pcache-configuration-upstreams strings)
     ("trust" "guix_acl" ,p2pcache-configuration-guix-acl string)
+    ("trust" "file" ,p2pcache-configuration-trust-file optional-string)
+    ("trust" "mode" ,p2pcache-configuration-trust-mode string)
+    ("trust" "quorum" ,p2pcache-configuration-quorum integer)
+    ("trust" "require_log_proofs" ,p2pcache-configuration-require-log-proofs? boolean)
+    ("trust" "witnesses_required" ,p2pcache-configuration-witnesses-required integer)
+    ("trust" "accept_forced" ,p2pcache-configuration-accept-forced? boolean)
+    ("trust" "attestation_timeout" ,p2pcache-configuration-attestation-timeout number)
     ("trust" "gossip_interval" ,p2pcache-configuration-gossip-interval number)
     ("trust" "gossip_fanout" ,p2pcache-configuration-gossip-fanout integer)
     ("trust" "gossip_peers" ,p2pcache-configuration-gossip-peers strings)

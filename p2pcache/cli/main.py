@@ -13,10 +13,36 @@ import sys
 from collections.abc import Sequence
 
 from p2pcache import __version__
-from p2pcache.cli import attest, cache, demo, keys, nar, narinfo, publish, serve, status, which
+from p2pcache.cli import (
+    attest,
+    cache,
+    challenge,
+    demo,
+    keys,
+    nar,
+    narinfo,
+    publish,
+    serve,
+    status,
+    trust,
+    which,
+)
 from p2pcache.errors import P2PCacheError
 
-COMMAND_MODULES = (serve, status, demo, publish, attest, cache, which, keys, nar, narinfo)
+COMMAND_MODULES = (
+    serve,
+    status,
+    demo,
+    publish,
+    attest,
+    trust,
+    challenge,
+    cache,
+    which,
+    keys,
+    nar,
+    narinfo,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

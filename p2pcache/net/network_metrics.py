@@ -38,6 +38,65 @@ class NetworkCounters:
     upstream_fetches: Counter[str] = field(default_factory=Counter)  # ok, failed
     # attestations (bundles sent), checkpoint, inclusion, consistency
     log_served: Counter[str] = field(default_factory=Counter)
+    trust: TrustCounters = field(default_factory=lambda: TrustCounters())
+
+
+@dataclass
+class TrustCounters:
+    """What the trust policy decided and met: decisions, refused evidence, conflicts, forks."""
+
+    decisions: Counter[tuple[str, str]] = field(default_factory=Counter)  # (outcome, reason)
+    evidence_refused: Counter[str] = field(default_factory=Counter)  # by reason
+    checkpoints: Counter[str] = field(default_factory=Counter)  # by observation outcome
+    conflicts: int = 0
+    forks: int = 0
+
+    def count_decision(self, decision) -> None:
+        self.decisions[(decision.outcome, decision.reason)] += 1
+
+    def count_refusal(self, reason: str) -> None:
+        self.evidence_refused[reason] += 1
+
+    def count_checkpoint(self, outcome: str) -> None:
+        self.checkpoints[outcome] += 1
+
+    def count_conflict(self, conflict) -> None:
+        self.conflicts += 1
+
+    def count_fork(self, evidence) -> None:
+        self.forks += 1
+
+    def families(self) -> Iterator[Metric]:
+        decisions = CounterMetricFamily(
+            "p2pcache_trust_decisions",
+            "Trust policy decisions on items, by outcome (accepted, refused) and reason.",
+            labels=["outcome", "reason"],
+        )
+        for (outcome, reason), value in sorted(self.decisions.items()):
+            decisions.add_metric([outcome, reason], value)
+        yield decisions
+        yield _counter(
+            "p2pcache_trust_evidence_refused",
+            "Attestations or bundles that did not count, by reason (bad-signature, ...).",
+            "reason",
+            self.evidence_refused,
+        )
+        yield _counter(
+            "p2pcache_trust_checkpoints_observed",
+            "Builder checkpoints judged against the newest seen, by outcome.",
+            "outcome",
+            self.checkpoints,
+        )
+        yield CounterMetricFamily(
+            "p2pcache_trust_conflicts",
+            "Trusted builders attesting another NarHash for an item than its narinfo.",
+            value=self.conflicts,
+        )
+        yield CounterMetricFamily(
+            "p2pcache_trust_forks_detected",
+            "Builder logs found forked (two checkpoints that cannot both be true).",
+            value=self.forks,
+        )
 
 
 def _histogram(name: str, doc: str, histogram: SecondsHistogram) -> HistogramMetricFamily:
@@ -132,6 +191,7 @@ class NetworkCollector(Collector):
             "kind",
             Counter({k: c.log_served[k] for k in ("inclusion", "consistency")}),
         )
+        yield from c.trust.families()
         known, banned = self.peers()
         yield GaugeMetricFamily("p2pcache_peers_known", "Peers this node has a score for.", known)
         yield GaugeMetricFamily(

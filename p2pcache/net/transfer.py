@@ -21,6 +21,7 @@ import contextlib
 import heapq
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -73,6 +74,7 @@ class ChunkTransfer:
         parallel: int = 2,
         batch: int = 8,
         window: int = 32,
+        verify_ahead: int = 4,
         expected_root: bytes | None = None,
     ) -> None:
         self.client = client
@@ -84,6 +86,7 @@ class ChunkTransfer:
         self.parallel = max(1, parallel)
         self.batch = max(1, batch)
         self.window = max(self.batch, window)
+        self.verify_ahead = max(1, verify_ahead)
         self.expected_root = expected_root
         self.stats = TransferStats()
         self.reference: ChunkTable | None = None
@@ -237,40 +240,76 @@ class ChunkTransfer:
         ready: dict[int, VerifiedChunk],
         progress: asyncio.Condition,
     ) -> int:
-        """Fetch and verify chunks first..first+count-1; returns how many were verified."""
+        """Fetch and verify chunks first..first+count-1; returns how many were verified.
+
+        Frames are verified in worker threads while the next ones are read (up to
+        `verify_ahead` at once), so one provider's transfer is not held to the speed of one
+        thread; results are taken in chunk order, and a bad chunk ends the batch there.
+        """
         assert self.reference is not None
+        reference = self.reference
         loop = asyncio.get_running_loop()
         done = 0
         started = time.monotonic()
         first_byte: float | None = None
         received = 0
+        verifying: deque[tuple[int, bytes, asyncio.Future[bytes]]] = deque()
+
+        async def settle() -> bool:
+            """Take the oldest frame's verification; False when the chunk was bad."""
+            nonlocal done, received
+            index, frame, verified = verifying.popleft()
+            try:
+                data = await verified
+            except ChunkTableError as e:
+                self._blame(provider, "bad-chunk", f"chunk {index}: {e}")
+                return False
+            received += len(frame)
+            self.stats.bytes_in += len(frame)
+            self.stats.chunks += 1
+            self.stats.providers_used.add(provider)
+            async with progress:
+                ready[index] = VerifiedChunk(index, frame, data, provider)
+                progress.notify_all()
+            done += 1
+            return True
+
+        async def settle_all() -> bool:
+            while verifying:
+                if not await settle():
+                    return False
+            return True
+
         try:
             frames = self.client.frames(provider, self.hash_part, table, first, count)
-            async for index, frame in frames:
-                if first_byte is None:
-                    first_byte = time.monotonic() - started
-                chunk = self.reference.chunk(index)
-                try:
-                    data = await loop.run_in_executor(
+            async with contextlib.aclosing(frames):
+                async for index, frame in frames:
+                    if first_byte is None:
+                        first_byte = time.monotonic() - started
+                    chunk = reference.chunk(index)
+                    verified = loop.run_in_executor(
                         self.executor, decompress_frame, frame, chunk.length, chunk.sha256
                     )
-                except ChunkTableError as e:
-                    self._blame(provider, "bad-chunk", f"chunk {index}: {e}")
-                    return done
-                received += len(frame)
-                self.stats.bytes_in += len(frame)
-                self.stats.chunks += 1
-                self.stats.providers_used.add(provider)
-                async with progress:
-                    ready[index] = VerifiedChunk(index, frame, data, provider)
-                    progress.notify_all()
-                done += 1
+                    verifying.append((index, frame, verified))
+                    while verifying and (
+                        verifying[0][2].done() or len(verifying) >= self.verify_ahead
+                    ):
+                        if not await settle():
+                            return done
+            if not await settle_all():
+                return done
         except PeerMisbehaved as e:
-            self._blame(provider, "bad-response", e)
+            # Frames that arrived whole before the bad response are still checked and kept.
+            if await settle_all():
+                self._blame(provider, "bad-response", e)
         except PeerUnavailable as e:
+            await settle_all()
             self._drop(provider, e)
         else:
             self.ranking.record_success(
                 provider, time.monotonic() - started, received, first_byte or 0.0
             )
+        finally:
+            for _, _, verified in verifying:
+                verified.cancel()
         return done

@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from p2pcache.errors import FormatError
 from p2pcache.server.status_page import status_page
 
 _NIX32_HASH = re.compile(r"[0-9a-df-np-sv-z]{32}")
@@ -44,6 +45,7 @@ def make_admin_app(
     registry: CollectorRegistry,
     status: StatusProvider,
     which: Callable[[str], Awaitable[list[dict[str, Any]]]] | None = None,
+    challenge: Callable[[str], Awaitable[dict[str, Any]]] | None = None,
 ) -> web.Application:
     app = web.Application()
     app.router.add_get("/metrics", metrics_handler(registry))
@@ -62,7 +64,18 @@ def make_admin_app(
 
     app.router.add_get("/", status_page)
     app.router.add_get("/status", status_page)
+
+    async def challenge_json(request: web.Request) -> web.Response:
+        """What trusted builders attest for the store item named by its basename."""
+        if challenge is None:
+            return web.json_response({"error": "this node has no peer network"}, status=404)
+        try:
+            return web.json_response(await challenge(request.match_info["basename"]))
+        except FormatError as e:
+            return web.json_response({"error": str(e)}, status=404)
+
     app.router.add_get("/healthz", health)
+    app.router.add_get("/api/v1/challenge/{basename}", challenge_json)
     app.router.add_get("/api/v1/status", status_json)
     app.router.add_get("/api/v1/which/{hash}", which_json)
     return app

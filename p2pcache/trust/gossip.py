@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass
 
 from p2pcache.errors import P2PCacheError
+from p2pcache.trust.attestation_verifier import ConsistencyProof
 from p2pcache.trust.checkpoint import (
     BUILDER_ORIGIN_PREFIX,
     MAX_CHECKPOINT_SIZE,
@@ -62,14 +63,6 @@ class Received:
     """A received note that passed the cheap checks: whose log it is, verified."""
 
     checkpoint: VerifiedCheckpoint
-
-
-@dataclass(frozen=True, slots=True)
-class ConsistencyProof:
-    """A consistency proof between two checkpoints of a log, and whether its builder served it."""
-
-    hashes: tuple[bytes, ...]
-    from_builder: bool
 
 
 def origin_key(note: bytes) -> bytes | None:

@@ -13,12 +13,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from p2pcache.net.peer_client import PeerClient, PeerError, PeerMisbehaved
+from p2pcache.trust.attestation_verifier import (
+    ConsistencyProof,
+    ConsistencyProofSource,
+    no_consistency_proofs,
+)
 from p2pcache.trust.gossip import (
     CheckpointGossip,
-    ConsistencyProof,
     Ignored,
     Received,
     is_fork,
@@ -28,15 +32,8 @@ from p2pcache.trust.log_watch_metrics import LogWatchCounters
 
 log = logging.getLogger(__name__)
 
-ProofSource = Callable[[bytes, int, int], Awaitable[ConsistencyProof | None]]
-"""(builder key, old size, new size) -> a consistency proof, or None when none can be had."""
-
 MAX_PEER_KEYS = 1024
 """Node keys remembered per peer URL (to know when a peer is the builder itself)."""
-
-
-async def no_proofs(key: bytes, old: int, new: int) -> ConsistencyProof | None:
-    return None
 
 
 class GossipService:
@@ -50,7 +47,7 @@ class GossipService:
         *,
         fanout: int,
         counters: LogWatchCounters,
-        proof_source: ProofSource = no_proofs,
+        proof_source: ConsistencyProofSource = no_consistency_proofs,
     ) -> None:
         self.gossip = gossip
         self.client = client

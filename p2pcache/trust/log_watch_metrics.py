@@ -4,14 +4,15 @@ Same conventions as net/network_metrics.py: the services count into plain counte
 collector turns them into families when scraped. Every family is exported from the start
 (with no traffic yet), so the dashboard and alerts can rely on the names.
 
-`p2pcache_trust_forks_detected_total` counts every fork found, whoever found it (gossip, the
-witness, the attestation verifier): it is the one number an operator alerts on.
+Forks found by gossip or by the witness are counted through `on_fork` into the trust policy's
+`p2pcache_trust_forks_detected_total` (net/network_metrics.TrustCounters), with those the
+attestation verifier finds: one number, whoever found the fork, for the operator to alert on.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client.core import CounterMetricFamily, Metric
@@ -24,10 +25,11 @@ class LogWatchCounters:
     gossip_pulls: Counter[str] = field(default_factory=Counter)  # ok, unavailable, misbehaved
     witness_checkpoints: Counter[str] = field(default_factory=Counter)  # by witness outcome
     cosignatures_collected: Counter[str] = field(default_factory=Counter)  # attached, ...
-    forks: int = 0
+    on_fork: Callable[[object], None] = lambda evidence: None
+    """Counts a fork where every fork is counted (TrustCounters.count_fork)."""
 
     def count_fork(self, evidence: object = None) -> None:
-        self.forks += 1
+        self.on_fork(evidence)
 
 
 def _counter(name: str, doc: str, label: str, values: Counter[str]) -> CounterMetricFamily:
@@ -71,9 +73,4 @@ class LogWatchCollector(Collector):
             "Witness cosignatures of this builder's checkpoints collected, by result.",
             "result",
             c.cosignatures_collected,
-        )
-        yield CounterMetricFamily(
-            "p2pcache_trust_forks_detected",
-            "Builder logs found forked (two checkpoints that cannot both be true).",
-            value=c.forks,
         )

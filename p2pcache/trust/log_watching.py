@@ -20,13 +20,14 @@ from pathlib import Path
 from p2pcache.config import Config
 from p2pcache.net.identity import NodeIdentity
 from p2pcache.net.peer_client import PeerClient
+from p2pcache.trust.attestation_verifier import ConsistencyProofSource, no_consistency_proofs
 from p2pcache.trust.builder_log import TRUST_DIR, BuilderLog
 from p2pcache.trust.checkpoint_list import MAX_LISTED_CHECKPOINTS
 from p2pcache.trust.checkpoint_store import CheckpointStore
 from p2pcache.trust.cosignature import Cosigner
 from p2pcache.trust.cosignature_collector import CosignatureCollector
 from p2pcache.trust.gossip import CheckpointGossip, builder_key_of
-from p2pcache.trust.gossip_service import GossipService, ProofSource, no_proofs
+from p2pcache.trust.gossip_service import GossipService
 from p2pcache.trust.log_watch_metrics import LogWatchCounters
 from p2pcache.trust.periodic_rounds import PeriodicRounds
 from p2pcache.trust.witness import WITNESS_FILE, Witness, witness_name
@@ -82,7 +83,7 @@ class LogWatching:
         self,
         client: PeerClient,
         peers: Callable[[], Sequence[str]],
-        proof_source: ProofSource = no_proofs,
+        proof_source: ConsistencyProofSource = no_consistency_proofs,
     ) -> None:
         """Start the rounds: gossip after a first interval (peers are still being met), the
         witness and the cosignature collector at once."""

@@ -52,6 +52,22 @@ def signature_line_of(data: bytes, signed_part: bytes) -> bytes:
     return rest[: end + 1]
 
 
+def check_described_item(narinfo: Narinfo, hash_part: str, store_dir: str) -> bytes:
+    """Check the narinfo describes the requested item usably; returns its NarHash digest."""
+    try:
+        path = parse_store_path(narinfo.store_path or "", store_dir)
+        nar_hash = parse_nar_hash(narinfo.nar_hash or "")
+    except FormatError as e:
+        raise NarinfoRejected("malformed", str(e)) from None
+    if path.hash_part != hash_part:
+        raise NarinfoRejected("wrong-item", f"narinfo is for {path}, not {hash_part}")
+    if narinfo.nar_size is None or narinfo.nar_size <= 0:
+        raise NarinfoRejected("malformed", "narinfo has no usable NarSize")
+    if narinfo.references is None:
+        raise NarinfoRejected("malformed", "narinfo has no References")
+    return nar_hash
+
+
 def accept_relayed_narinfo(
     data: bytes,
     hash_part: str,
@@ -74,17 +90,7 @@ def accept_relayed_narinfo(
     if missing:
         names = ", ".join(sorted(missing))
         raise NarinfoRejected("unsigned-fields", f"{names} not covered by the signature")
-    try:
-        path = parse_store_path(narinfo.store_path or "", store_dir)
-        parse_nar_hash(narinfo.nar_hash or "")
-    except FormatError as e:
-        raise NarinfoRejected("malformed", str(e)) from None
-    if path.hash_part != hash_part:
-        raise NarinfoRejected("wrong-item", f"narinfo is for {path}, not {hash_part}")
-    if narinfo.nar_size is None or narinfo.nar_size <= 0:
-        raise NarinfoRejected("malformed", "narinfo has no usable NarSize")
-    if narinfo.references is None:
-        raise NarinfoRejected("malformed", "narinfo has no References")
+    check_described_item(narinfo, hash_part, store_dir)
     return AcceptedNarinfo(
         narinfo, signed_part, signature_line_of(data, signed_part), narinfo.nar_size
     )

@@ -95,6 +95,19 @@ def test_frame_checks():
         decompress_frame(b"garbage!", 10, None)
 
 
+@pytest.mark.parametrize("checksum", [True, False])
+@pytest.mark.parametrize("declared", [8, 10])
+def test_a_frame_whose_header_lies_about_its_size_is_refused(checksum, declared):
+    """The declared size passes the check against the table, the content does not match it."""
+    compressor = zstandard.ZstdCompressor(write_content_size=True, write_checksum=checksum)
+    frame = bytearray(compressor.compress(b"abcdefghi"))
+    assert frame[5] == 9  # single-segment frame: the content size is the byte after the FHD
+    frame[5] = declared
+    assert zstandard.frame_content_size(bytes(frame)) == declared
+    with pytest.raises(ChunkVerificationError, match="corrupt zstd frame"):
+        decompress_frame(bytes(frame), declared, None)
+
+
 def test_decompression_bomb_is_refused_before_inflating():
     bomb = zstandard.ZstdCompressor(write_content_size=True).compress(b"\0" * (64 * CHUNK_SIZE))
     with pytest.raises(ChunkVerificationError, match="declares"):

@@ -55,13 +55,13 @@ async def test_gossip_carries_a_split_view_from_one_peer_to_another(tmp_path):
                 assert await gossip_of(p1).pull_from(view_a) == ["first-seen"]
                 assert await gossip_of(p2).pull_from(view_b) == ["first-seen"]
                 origin = builder_origin(public)
-                assert p1.network.checkpoints.latest(origin).root != (
-                    p2.network.checkpoints.latest(origin).root
+                assert p1.network.trust.checkpoints.latest(origin).root != (
+                    p2.network.trust.checkpoints.latest(origin).root
                 )
                 # p2 pulls from its configured peer p1 (the only one it knows): the split shows.
                 assert await gossip_of(p2).pull_once() == {p1.network.peer_url: ["fork-detected"]}
-                assert p2.network.checkpoints.is_forked(origin)
-                (evidence,) = p2.network.checkpoints.fork_evidence(origin)
+                assert p2.network.trust.checkpoints.is_forked(origin)
+                (evidence,) = p2.network.trust.checkpoints.fork_evidence(origin)
                 assert evidence.kind == "same-size"
                 metrics = await asyncio.to_thread(scrape, p2.admin_port)
                 assert metrics["p2pcache_trust_forks_detected_total"][()] == 1
@@ -79,7 +79,7 @@ async def test_a_failing_proof_from_the_builder_itself_is_fork_evidence(tmp_path
             assert await gossip_of(peer).pull_from(view_a) == ["first-seen"]
             # The builder's other view is newer: the proof it serves from size 3 cannot hold.
             assert await gossip_of(peer).pull_from(view_b) == ["fork-detected"]
-            (evidence,) = peer.network.checkpoints.fork_evidence(builder_origin(public))
+            (evidence,) = peer.network.trust.checkpoints.fork_evidence(builder_origin(public))
             assert evidence.kind == "inconsistent" and evidence.proof
 
 
@@ -104,7 +104,7 @@ async def test_an_honest_builder_advances_by_its_own_proof_and_peers_pass_it_on(
     hosts = ("127.0.84.1", "127.0.85.1")
     async with builder_grown_after_first_gossip(tmp_path, hosts) as (public, url, peer):
         assert await gossip_of(peer).pull_from(url) == ["advanced"]
-        latest = peer.network.checkpoints.latest(builder_origin(public))
+        latest = peer.network.trust.checkpoints.latest(builder_origin(public))
         assert latest.size == 7
         # The peer serves what it accepted; a third node gets it from there, unchanged.
         async with aiohttp.ClientSession() as session:
@@ -160,7 +160,7 @@ async def test_hostile_gossip_is_bounded_and_changes_nothing(tmp_path):
             outcomes = await gossip.pull_from(f"{base}/garbage")
             assert outcomes == ["invalid", "invalid", "invalid", "unknown-origin"]
             assert await gossip.pull_from("http://127.0.86.2:9") == []  # nobody there
-            store = peer.network.checkpoints
+            store = peer.network.trust.checkpoints
             assert store.latest(builder_origin(public)) is None
             assert store.latest(builder_origin(bytes(stranger.verify_key))) is None
             metrics = await asyncio.to_thread(scrape, peer.admin_port)
@@ -211,6 +211,6 @@ async def test_a_replayed_node_document_cannot_frame_an_honest_builder(tmp_path)
             assert await gossip_of(peer).pull_from(impostor) == ["awaiting-proof"]
         finally:
             await runner.cleanup()
-        assert not peer.network.checkpoints.is_forked(builder_origin(public))
+        assert not peer.network.trust.checkpoints.is_forked(builder_origin(public))
         # The builder itself then settles it with its own (valid) proof.
         assert await gossip_of(peer).pull_from(url) == ["advanced"]

@@ -20,7 +20,10 @@ async def test_chunks_failing_their_check_are_counted_and_listed(tmp_path, test_
     async with network(tmp_path, test_store, 2) as (seed, node):
         info = (await baked(seed, 1))[0]
         base = info.path.rsplit("/", 1)[-1]
-        async with peer_server(seed, api_class=CorruptingPeerAPI) as liar:
+        # The seed signs a baked item in the background; the liar signs it on demand instead.
+        async with peer_server(
+            seed, api_class=CorruptingPeerAPI, sign_item=seed._sign_item
+        ) as liar:
             node.network.directory.add(base[:32], liar)
             host = node.config.listen.host
             reply = (await guix_client.narinfos(host, node.guix_port, [base[:32]]))[0]

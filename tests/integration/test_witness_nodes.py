@@ -109,7 +109,7 @@ async def test_the_witness_cosigns_after_a_consistency_check_and_a_verifier_acce
         # The verifier learns the cosigned checkpoint by gossip, from the builder itself.
         outcomes = await verifier.network.log_watching.gossip_service.pull_from(builder_url)
         assert outcomes == ["first-seen"]
-        latest = verifier.network.checkpoints.latest(grown.origin)
+        latest = verifier.network.trust.checkpoints.latest(grown.origin)
         assert verify_checkpoint(latest.note, public, **required).size == 5
 
         metrics = await asyncio.to_thread(scrape, witness.admin_port)

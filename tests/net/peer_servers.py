@@ -38,6 +38,20 @@ class CorruptingPeerAPI(PeerAPI):
         return web.Response(body=bytes(data), content_type="application/zstd")
 
 
+class CorruptingFromPeerAPI(PeerAPI):
+    """Sends chunks before `bad_from` intact and flips a byte in every later frame."""
+
+    bad_from = 3
+
+    async def frames(self, request: web.Request) -> web.StreamResponse:
+        blob, starts, first = _range(self, request)
+        data = bytearray(blob)
+        for offset, start in enumerate(starts):
+            if first + offset >= self.bad_from:
+                data[start + 20] ^= 0xFF
+        return web.Response(body=bytes(data), content_type="application/zstd")
+
+
 class DyingPeerAPI(PeerAPI):
     """Sends the frames of the first `good` chunks of a range and a bit more, then hangs up."""
 

@@ -1,6 +1,9 @@
 """Chunk transfers from several real providers: parallel, verified, failing over by index."""
 
 import hashlib
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
 import pytest
@@ -10,7 +13,12 @@ from p2pcache.net.peer_client import PeerClient
 from p2pcache.net.peer_ranking import PeerRanking
 from p2pcache.net.transfer import ChunkTransfer, TransferFailed
 from p2pcache.testing import generate_test_store, remove_test_store
-from tests.net.peer_servers import CorruptingPeerAPI, DyingPeerAPI, peer_server
+from tests.net.peer_servers import (
+    CorruptingFromPeerAPI,
+    CorruptingPeerAPI,
+    DyingPeerAPI,
+    peer_server,
+)
 from tests.seeded_cache import seed_cache
 
 
@@ -155,3 +163,66 @@ async def test_no_provider_at_all(caches):
         )  # fmt: skip
         with pytest.raises(TransferFailed):
             await collect(transfer)
+
+
+class SlowCountingExecutor(ThreadPoolExecutor):
+    """A real thread pool whose tasks take at least 30 ms; records how many ran at once."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=4)
+        self.running = self.most = 0
+        self._lock = threading.Lock()
+
+    def submit(self, fn, /, *args, **kwargs):
+        def slow():
+            with self._lock:
+                self.running += 1
+                self.most = max(self.most, self.running)
+            try:
+                time.sleep(0.03)
+                return fn(*args, **kwargs)
+            finally:
+                with self._lock:
+                    self.running -= 1
+
+        return super().submit(slow)
+
+
+async def test_one_providers_chunks_are_verified_concurrently(caches):
+    """One provider must not be held to one verifying thread (frames are read meanwhile)."""
+    item, (a, _, _) = caches
+    executor = SlowCountingExecutor()
+    try:
+        async with peer_server(a, "127.0.14.1") as url, aiohttp.ClientSession() as session:
+            transfer = ChunkTransfer(
+                PeerClient(session), PeerRanking(), a.hash_parts[0], item.nar_size, [url],
+                executor=executor, parallel=1, batch=8, verify_ahead=4,
+            )  # fmt: skip
+            data, chunks = await collect(transfer)
+    finally:
+        executor.shutdown()
+    assert hashlib.sha256(data).digest() == item.nar_sha256
+    assert len(chunks) >= 4
+    assert executor.most >= 2
+
+
+async def test_chunks_after_a_bad_one_in_a_batch_come_from_another_provider(caches):
+    """Verified ahead or not, nothing the liar sent from its first bad chunk on is used."""
+    item, (a, b, _) = caches
+    ranking = PeerRanking()
+    async with (
+        peer_server(a, "127.0.15.1", CorruptingFromPeerAPI) as liar,
+        peer_server(b, "127.0.16.1") as honest,
+        aiohttp.ClientSession() as session,
+    ):
+        ranking.record_success(liar, 0.1, 10**9, 0.001)  # rank it first
+        transfer = ChunkTransfer(
+            PeerClient(session), ranking, a.hash_parts[0], item.nar_size, [honest, liar],
+            parallel=1, batch=8, verify_ahead=4,
+        )  # fmt: skip
+        data, chunks = await collect(transfer)
+    assert hashlib.sha256(data).digest() == item.nar_sha256
+    bad_from = CorruptingFromPeerAPI.bad_from
+    assert [c.provider for c in chunks] == [liar] * bad_from + [honest] * (len(chunks) - bad_from)
+    assert transfer.stats.chunk_failures == {"bad-chunk": 1}
+    assert ranking.scores[liar].misbehaved == 1

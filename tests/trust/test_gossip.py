@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from p2pcache.trust.attestation_verifier import ConsistencyProof
 from p2pcache.trust.checkpoint import Checkpoint, builder_origin, sign_checkpoint
 from p2pcache.trust.checkpoint_store import CheckpointStore, Observation, Outcome
 from p2pcache.trust.gossip import (
     CheckpointGossip,
-    ConsistencyProof,
     Ignored,
     Received,
     is_fork,
