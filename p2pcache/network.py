@@ -7,7 +7,9 @@ session shared by the peer client and the upstream client, the miss resolver (pe
 upstreams asked at once, a narinfo accepted when the trust policy says so), the fetchers
 that bring an accepted item into the cache while Guix receives it, and the trust gate
 (trust_gate.py) both ask, whose seams `attestations_for` and `consistency_proof` the peer
-API's attestation and log routes feed.
+API's attestation and log routes feed. Beside them, log watching (trust/log_watching.py):
+checkpoint gossip into the trust gate's CheckpointStore, and the witness role and the
+collection of witness cosignatures when configured.
 """
 
 from __future__ import annotations

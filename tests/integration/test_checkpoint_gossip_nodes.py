@@ -214,3 +214,21 @@ async def test_a_replayed_node_document_cannot_frame_an_honest_builder(tmp_path)
         assert not peer.network.trust.checkpoints.is_forked(builder_origin(public))
         # The builder itself then settles it with its own (valid) proof.
         assert await gossip_of(peer).pull_from(url) == ["advanced"]
+
+
+async def test_gossip_follows_the_builders_of_the_trust_file(tmp_path):
+    data_dir = tmp_path / "builder"
+    key = make_builder_dir(data_dir, SEED)
+    attest_items(data_dir, key, range(2), "trusted-1.0")
+    public = bytes(key.verify_key)
+    async with running_node(peer_config(data_dir, "127.0.93.1")) as builder:
+        url = builder.network.peer_url
+        config = peer_config(tmp_path / "p", "127.0.94.1")
+        async with running_node(config) as peer:
+            assert await gossip_of(peer).pull_from(url) == ["unknown-origin"]
+            trust_file = config.effective_trust_file()
+            trust_file.write_text(f"builder ci-one {public.hex()}\n")
+            async with asyncio.timeout(10):  # the node re-reads the trust file when it changes
+                while (outcomes := await gossip_of(peer).pull_from(url)) != ["first-seen"]:
+                    assert outcomes == ["unknown-origin"]
+                    await asyncio.sleep(0.1)
