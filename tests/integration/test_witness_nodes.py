@@ -16,8 +16,10 @@ import pytest
 
 from p2pcache.net.peer_client import PeerClient
 from p2pcache.trust.attestation_bundle import parse_bundle, verify_bundle
+from p2pcache.trust.attestation_verifier import AttestationVerifier
 from p2pcache.trust.checkpoint import CheckpointVerificationError, verify_checkpoint
-from p2pcache.trust.witness import WatchedLog, witness_verifier
+from p2pcache.trust.policy import TrustedKey, TrustPolicy
+from p2pcache.trust.witness import WatchedLog, witness_name, witness_verifier
 from tests.integration.conftest import running_node
 from tests.integration.log_watch_nodes import (
     attest_items,
@@ -78,9 +80,21 @@ async def test_the_witness_cosigns_after_a_consistency_check_and_a_verifier_acce
         client = PeerClient(session)
         witness_key = witness.network.identity.public_key
         required = {"witnesses": [witness_verifier(witness_key)], "required_cosignatures": 1}
-        # Before any cosignature, a verifier requiring one refuses the builder's checkpoint.
+        # Before any cosignature, a verifier requiring one refuses the builder's checkpoint,
+        # and the trust policy does not count its attestations.
         with pytest.raises(CheckpointVerificationError, match="cosignatures"):
             verify_checkpoint(await client.fetch_checkpoint(builder_url), public, **required)
+        policy = TrustPolicy(
+            quorum=1,
+            witnesses_required=1,
+            builders=(TrustedKey("builder", public),),
+            witnesses=(TrustedKey(witness_name(witness_key), witness_key),),
+        )
+        attestations = AttestationVerifier(verifier.network.trust.checkpoints)
+        offered = await client.fetch_attestations(builder_url, hash_part(store_path(1)))
+        refused = await attestations.verify(policy, store_path(1), offered)
+        assert not refused.statements
+        assert [r.reason for r in refused.refusals] == ["checkpoint-too-few-cosignatures"]
 
         assert (await witness_of(witness).watch_once())[builder.network.builder_log.origin] in (
             "cosigned",
@@ -96,6 +110,8 @@ async def test_the_witness_cosigns_after_a_consistency_check_and_a_verifier_acce
         assert served.size == 3 and served.cosignatures[0].public_key == witness_key
         (bundle,) = await client.fetch_attestations(builder_url, hash_part(store_path(1)))
         verify_bundle(parse_bundle(bundle), public, store_path(1), **required)
+        counted = await attestations.verify(policy, store_path(1), [bundle])
+        assert [s.builder.key for s in counted.statements] == [public]
 
         # The builder grows; the witness asks it for a proof from size 3 before cosigning 5.
         attest_items(builder_config.data_dir, key, range(3, 5), "hello-2.12")
@@ -106,9 +122,10 @@ async def test_the_witness_cosigns_after_a_consistency_check_and_a_verifier_acce
         served = verify_checkpoint(await client.fetch_checkpoint(builder_url), public, **required)
         assert served.size == 5
 
-        # The verifier learns the cosigned checkpoint by gossip, from the builder itself.
+        # The verifier met size 3 in the bundles above; gossip from the builder itself now
+        # brings size 5, proven consistent by the builder's own proof: the same store.
         outcomes = await verifier.network.log_watching.gossip_service.pull_from(builder_url)
-        assert outcomes == ["first-seen"]
+        assert outcomes == ["advanced"]
         latest = verifier.network.trust.checkpoints.latest(grown.origin)
         assert verify_checkpoint(latest.note, public, **required).size == 5
 
