@@ -21,6 +21,7 @@ from p2pcache.errors import P2PCacheError
 from p2pcache.guix.store_path import DEFAULT_STORE_DIR, check_store_dir
 from p2pcache.paths import default_data_dir
 from p2pcache.trust.build_log import DEFAULT_BUILD_LOG_DIR
+from p2pcache.trust.witness import WatchedLog, parse_watched_log
 
 # A configuration file is a few KiB; anything much larger is a mistake, not a config.
 MAX_CONFIG_SIZE = 1 << 20
@@ -124,6 +125,17 @@ class Config:
     db_poll_interval: float = 10.0
 
     build_log_dir: Path = DEFAULT_BUILD_LOG_DIR
+    builder_witnesses: tuple[str, ...] = ()
+    cosignature_interval: float = 60.0
+
+    witness_enabled: bool = False
+    witness_logs: tuple[WatchedLog, ...] = ()
+    witness_interval: float = 60.0
+
+    gossip_interval: float = 300.0
+    gossip_fanout: int = 3
+    gossip_peers: tuple[str, ...] = ()
+    gossip_builders: tuple[bytes, ...] = ()
 
     log_level: str = "info"
     log_format: str = "text"
@@ -226,6 +238,20 @@ def _url_list(value: Any) -> tuple[str, ...]:
     return tuple(_url(v) for v in value)
 
 
+def _watched_logs(value: Any) -> tuple[WatchedLog, ...]:
+    if not isinstance(value, list | tuple):
+        raise ValueError(f'expected a list of "<builder key> <peer URL>", got {value!r}')
+    return tuple(parse_watched_log(v if isinstance(v, str) else repr(v)) for v in value)
+
+
+def _keys(value: Any) -> tuple[bytes, ...]:
+    if not isinstance(value, list | tuple) or not all(
+        isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v) for v in value
+    ):
+        raise ValueError(f"expected a list of 64 lowercase hex digit keys, got {value!r}")
+    return tuple(bytes.fromhex(v) for v in value)
+
+
 def _host_name(value: Any) -> str:
     if not isinstance(value, str) or not value or ";" in value or value != value.strip():
         raise ValueError(f"expected a host name without ';' or spaces, got {value!r}")
@@ -274,6 +300,15 @@ OPTIONS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "cache.zstd_level": ("zstd_level", _int_range(1, 19)),
     "cache.zstd_threads": ("zstd_threads", _int_range(0, 256)),
     "builder.build_log_dir": ("build_log_dir", _path),
+    "builder.witnesses": ("builder_witnesses", _url_list),
+    "builder.cosignature_interval": ("cosignature_interval", _seconds),
+    "witness.enabled": ("witness_enabled", _bool),
+    "witness.logs": ("witness_logs", _watched_logs),
+    "witness.interval": ("witness_interval", _seconds),
+    "trust.gossip_interval": ("gossip_interval", _seconds),
+    "trust.gossip_fanout": ("gossip_fanout", _int_range(0, 16)),
+    "trust.gossip_peers": ("gossip_peers", _url_list),
+    "trust.gossip_builders": ("gossip_builders", _keys),
     "logging.level": ("log_level", _choice("debug", "info", "warning", "error")),
     "logging.format": ("log_format", _choice("text", "json")),
     "lan.advertise": ("lan_advertise", _bool),

@@ -3,8 +3,9 @@
 Naming follows Prometheus' rules: `p2pcache_` prefix, base units (`_seconds`, `_bytes`),
 counters end in `_total`, labels take a small fixed set of values (an endpoint name, a status
 class, a reason word), never a store path or a peer address. The Guix endpoint, cache,
-publisher and process families are here; two collectors add theirs to the same registry:
-net/network_metrics.py (transfers, the miss path, peers, DHT) and activity.py
+publisher and process families are here; three collectors add theirs to the same registry:
+net/network_metrics.py (transfers, the miss path, peers, DHT), trust/log_watch_metrics.py
+(checkpoint gossip, the witness, cosignatures collected, forks detected) and activity.py
 (`p2pcache_verification_failures_total{check}`). tests/integration/test_metrics_scrape.py
 lists every family the dashboard and alerts use and checks each is exported under traffic.
 """

@@ -7,7 +7,9 @@ session shared by the peer client and the upstream client, the miss resolver (pe
 upstreams asked at once, a narinfo accepted when the trust policy says so), the fetchers
 that bring an accepted item into the cache while Guix receives it, and the trust gate
 (trust_gate.py) both ask, whose seams `attestations_for` and `consistency_proof` the peer
-API's attestation and log routes feed.
+API's attestation and log routes feed. Beside them, log watching (trust/log_watching.py):
+checkpoint gossip into the trust gate's CheckpointStore, and the witness role and the
+collection of witness cosignatures when configured.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ from p2pcache.server.admin_app import AiohttpListener
 from p2pcache.server.peer_app import PeerAPI
 from p2pcache.trust.attestation_bundle import AttestationBundle
 from p2pcache.trust.builder_log import BuilderLog
+from p2pcache.trust.log_watch_metrics import LogWatchCollector, LogWatchCounters
+from p2pcache.trust.log_watching import LogWatching
 from p2pcache.trust_gate import TrustGate
 
 log = logging.getLogger(__name__)
@@ -127,6 +131,8 @@ class PeerNetwork:
         self._tasks: list[asyncio.Task] = []
         self.trust: TrustGate | None = None
         self.evidence: PeerEvidence | None = None
+        self.log_watching: LogWatching | None = None
+        """Checkpoint gossip, the witness role, cosignature collection (trust/log_watching)."""
         self.counters = NetworkCounters()
         metrics.registry.register(
             NetworkCollector(
@@ -135,6 +141,8 @@ class PeerNetwork:
                 lambda: (len(self.ranking.scores), self.ranking.banned_count()),
             )
         )
+        self.log_watch_counters = LogWatchCounters(on_fork=self.counters.trust.count_fork)
+        metrics.registry.register(LogWatchCollector(self.log_watch_counters))
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -153,6 +161,16 @@ class PeerNetwork:
             carry=self._carry_bundle,
         )
         self.trust.start()
+        assert self.trust.checkpoints is not None
+        trust = self.trust
+        self.log_watching = LogWatching(
+            config,
+            trust.checkpoints,
+            self.builder_log,
+            self.identity,
+            self.log_watch_counters,
+            trusted_builders=lambda: [builder.key for builder in trust.policy().builders],
+        )
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=256, limit_per_host=16),
             cookie_jar=aiohttp.DummyCookieJar(),
@@ -171,6 +189,8 @@ class PeerNetwork:
             sign_item=self.sign_item,
             builder_log=self.builder_log,
             on_log_served=lambda kind, count: self.counters.log_served.update({kind: count}),
+            checkpoint_notes=self.log_watching.gossip.newest_notes,
+            witness=self.log_watching.witness,
         )
         self._peer_listener = AiohttpListener(
             api.application(), config.peer_listen.host, config.peer_listen.port
@@ -235,6 +255,12 @@ class PeerNetwork:
             )
             await self.announcer.start()
             self._tasks.append(asyncio.create_task(self._announce_existing(), name="announce"))
+        trust = self.trust
+        await self.log_watching.start(
+            client,
+            self._gossip_peers,
+            proof_source=lambda key, old, new: trust.consistency_proof(key, old, new),
+        )
         log.info(
             "peer API on %s (advertised as %s)%s",
             f"{config.peer_listen.host}:{self._peer_listener.port}",
@@ -306,6 +332,8 @@ class PeerNetwork:
         self._tasks.clear()
         if self.announcer is not None:
             await self.announcer.stop()
+        if self.log_watching is not None:
+            await self.log_watching.stop()
         if self._peer_listener is not None:
             await self._peer_listener.stop()
         if self.dht is not None:
@@ -318,6 +346,12 @@ class PeerNetwork:
             self.builder_log.close()
         if self.trust is not None:
             self.trust.close()
+
+    def _gossip_peers(self) -> list[str]:
+        """Peers to gossip checkpoints with: the configured ones, then those scored, best first."""
+        known = self.ranking.order(list(self.ranking.scores))
+        peers = [*self.config.gossip_peers, *known]
+        return [url for url in dict.fromkeys(peers) if url != self.peer_url]
 
     @property
     def peer_port(self) -> int:

@@ -70,6 +70,15 @@ def test_flags_override_the_file(tmp_path):
         ({"logging": {"format": "xml"}}, "logging.format"),
         ({"node": {"host_name": "a;b"}}, "node.host_name"),
         ({"node": {"colour": "blue"}}, "node.colour"),
+        ({"witness": {"enabled": "yes"}}, "witness.enabled"),
+        ({"witness": {"logs": ["http://builder:8081"]}}, "witness.logs"),
+        ({"witness": {"logs": [f"{'ab' * 32} ftp://builder"]}}, "witness.logs"),
+        ({"witness": {"logs": [42]}}, "witness.logs"),
+        ({"witness": {"interval": 0}}, "witness.interval"),
+        ({"builder": {"witnesses": ["builder:8081"]}}, "builder.witnesses"),
+        ({"trust": {"gossip_fanout": 17}}, "trust.gossip_fanout"),
+        ({"trust": {"gossip_builders": ["AB" * 32]}}, "trust.gossip_builders"),
+        ({"trust": {"gossip_builders": "ab" * 32}}, "trust.gossip_builders"),
     ],
 )
 def test_bad_values_name_their_key(document, key):
@@ -103,3 +112,17 @@ def test_listen_addresses():
     for bad in ("8080", ":8080", "[zz]:1", "host:port"):
         with pytest.raises(ValueError):
             parse_listen_address(bad)
+
+
+def test_witness_and_gossip_options_read_as_keys_and_urls():
+    key = "ab" * 32
+    config = config_from_mapping(
+        {
+            "witness": {"enabled": True, "logs": [f"{key} http://127.0.0.2:8081/"]},
+            "trust": {"gossip_builders": [key], "gossip_peers": ["http://127.0.0.3:8081"]},
+        }
+    )
+    (watched,) = config.witness_logs
+    assert config.witness_enabled and watched.url == "http://127.0.0.2:8081"
+    assert watched.key == bytes.fromhex(key) == config.gossip_builders[0]
+    assert config.gossip_peers == ("http://127.0.0.3:8081",)

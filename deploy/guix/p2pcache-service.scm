@@ -146,12 +146,31 @@
                   (default #f))
   (attestation-timeout p2pcache-configuration-attestation-timeout ;seconds
                        (default 3))
+  (gossip-interval p2pcache-configuration-gossip-interval ;seconds; checkpoint gossip
+                   (default 300))
+  (gossip-fanout p2pcache-configuration-gossip-fanout     ;integer, peers per round
+                 (default 3))
+  (gossip-peers  p2pcache-configuration-gossip-peers      ;list of peer URLs
+                 (default '()))
+  (gossip-builders p2pcache-configuration-gossip-builders ;list of builder keys (hex)
+                   (default '()))
   ;; [lan]
   (lan-advertise? p2pcache-configuration-lan-advertise?   ;boolean; mDNS, like
                   (default #f))                            ;`guix publish --advertise'
   ;; [builder]
   (build-log-directory p2pcache-configuration-build-log-directory ;string; what
                        (default "/var/log/guix"))     ;`p2pcache attest' takes as evidence
+  (builder-witnesses p2pcache-configuration-builder-witnesses ;list of witness peer URLs
+                     (default '()))
+  (cosignature-interval p2pcache-configuration-cosignature-interval ;seconds
+                        (default 60))
+  ;; [witness]
+  (witness?      p2pcache-configuration-witness?          ;boolean; cosign builders' logs
+                 (default #f))
+  (witness-logs  p2pcache-configuration-witness-logs      ;list of "KEY PEER-URL"
+                 (default '()))
+  (witness-interval p2pcache-configuration-witness-interval ;seconds
+                    (default 60))
   ;; [admin]
   (admin-listen  p2pcache-configuration-admin-listen      ;"HOST:PORT"
                  (default "127.0.0.1:8082"))
@@ -209,8 +228,17 @@
     ("trust" "witnesses_required" ,p2pcache-configuration-witnesses-required integer)
     ("trust" "accept_forced" ,p2pcache-configuration-accept-forced? boolean)
     ("trust" "attestation_timeout" ,p2pcache-configuration-attestation-timeout number)
+    ("trust" "gossip_interval" ,p2pcache-configuration-gossip-interval number)
+    ("trust" "gossip_fanout" ,p2pcache-configuration-gossip-fanout integer)
+    ("trust" "gossip_peers" ,p2pcache-configuration-gossip-peers strings)
+    ("trust" "gossip_builders" ,p2pcache-configuration-gossip-builders strings)
     ("lan" "advertise" ,p2pcache-configuration-lan-advertise? boolean)
     ("builder" "build_log_dir" ,p2pcache-configuration-build-log-directory string)
+    ("builder" "witnesses" ,p2pcache-configuration-builder-witnesses strings)
+    ("builder" "cosignature_interval" ,p2pcache-configuration-cosignature-interval number)
+    ("witness" "enabled" ,p2pcache-configuration-witness? boolean)
+    ("witness" "logs" ,p2pcache-configuration-witness-logs strings)
+    ("witness" "interval" ,p2pcache-configuration-witness-interval number)
     ("admin" "listen" ,p2pcache-configuration-admin-listen string)
     ("admin" "metrics_listen" ,p2pcache-configuration-metrics-listen optional-string)
     ("cache" "max_size" ,p2pcache-configuration-cache-max-size size)

@@ -29,6 +29,11 @@ from p2pcache.trust.bundle_list import (
     parse_bundle_list,
 )
 from p2pcache.trust.checkpoint import MAX_CHECKPOINT_SIZE, parse_checkpoint
+from p2pcache.trust.checkpoint_list import (
+    MAX_CHECKPOINT_LIST_SIZE,
+    CheckpointListFormatError,
+    parse_checkpoint_list,
+)
 from p2pcache.trust.merkle_proof import (
     HASH_SIZE,
     MAX_PROOF_LENGTH,
@@ -147,7 +152,19 @@ class PeerClient:
         Checked to be a well-formed checkpoint note (at most 64 KiB, no extension lines); whose
         it is and whether its signature verifies is for the caller (checkpoint.py).
         """
-        url = peer_url(base, "/p2p/v1/log/checkpoint")
+        return await self._checkpoint_note(peer_url(base, "/p2p/v1/log/checkpoint"))
+
+    async def fetch_cosigned_checkpoint(self, base: str, builder_key: bytes) -> bytes | None:
+        """The newest checkpoint of a builder's log that a witness cosigned (None if none).
+
+        Checked to be a well-formed checkpoint note; whether it is the builder's and whether
+        the witness's cosignature verifies is for the caller.
+        """
+        path = f"/p2p/v1/witness/cosignature/{builder_key.hex()}"
+        return await self._checkpoint_note(peer_url(base, path))
+
+    async def _checkpoint_note(self, url: str) -> bytes | None:
+        """GET a checkpoint note: None on 404; a malformed one is misbehaviour."""
         data = await self._small(url, MAX_CHECKPOINT_SIZE, self.limits.small_timeout)
         if data is None:
             return None
@@ -156,6 +173,21 @@ class PeerClient:
         except NoteFormatError as e:
             raise PeerMisbehaved(f"{url}: not a checkpoint: {e}") from None
         return data
+
+    async def fetch_checkpoint_list(self, base: str) -> list[bytes]:
+        """The newest checkpoints a peer accepted per builder log (gossip), each as bytes.
+
+        Only the list's framing is checked (checkpoint_list.py: at most 1 MiB, 256 notes);
+        parsing and verifying each note is the caller's job. [] when the peer has none.
+        """
+        url = peer_url(base, "/p2p/v1/checkpoints")
+        data = await self._small(url, MAX_CHECKPOINT_LIST_SIZE, self.limits.small_timeout)
+        if data is None:
+            return []
+        try:
+            return parse_checkpoint_list(data)
+        except CheckpointListFormatError as e:
+            raise PeerMisbehaved(f"{url}: {e}") from None
 
     async def fetch_inclusion_proof(self, base: str, index: int, size: int) -> list[bytes] | None:
         """The peer's inclusion proof of leaf `index` in its log's tree of `size` leaves.

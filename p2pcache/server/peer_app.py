@@ -8,6 +8,10 @@ It also offers what backs those items: the attestation bundles it holds for an i
 made fresh against its newest checkpoint, and those it carries for other builders), and, as a
 builder, its log's newest checkpoint and inclusion and consistency proofs computed from
 storage (merkle_log.py: O(log n) reads). Log reads run in the executor (SQLite blocks).
+
+And what keeps builders honest: the newest checkpoint the node accepted per builder log it
+tracks (checkpoint gossip, trust/gossip.py), and, on a witness, the checkpoints it cosigned
+(trust/witness.py).
 """
 
 from __future__ import annotations
@@ -35,18 +39,23 @@ from p2pcache.trust.bundle_list import (
     bundle_list_size,
     render_bundle_list,
 )
+from p2pcache.trust.checkpoint import builder_origin
+from p2pcache.trust.checkpoint_list import render_checkpoint_list
 from p2pcache.trust.merkle_log import LogRangeError
+from p2pcache.trust.witness import Witness
 
 NARINFO_TYPE = "text/x-nix-narinfo"
 CHUNK_TABLE_TYPE = "application/x-p2pcache-chunk-table"
 CHECKPOINT_TYPE = "text/plain"
 PROOF_TYPE = "application/x-p2pcache-proof"
 BUNDLES_TYPE = "application/x-p2pcache-bundles"
+CHECKPOINTS_TYPE = "application/x-p2pcache-checkpoints"
 READ_BLOCK = 1 << 20
 
 _HASH = r"(?P<hash>[0-9a-df-np-sv-z]{32})"
 # A tree size or leaf index: decimal without sign or leading zeros, below 2**63 (19 digits).
 _DECIMAL = re.compile(r"0|[1-9][0-9]{0,18}")
+_KEY = re.compile(r"[0-9a-f]{64}")
 
 
 def _not_found(what: str) -> web.Response:
@@ -68,6 +77,8 @@ class PeerAPI:
         sign_item: Callable[[IndexedItem], IndexedItem] | None = None,
         builder_log: BuilderLog | None = None,
         on_log_served: Callable[[str, int], None] | None = None,
+        checkpoint_notes: Callable[[], list[bytes]] | None = None,
+        witness: Witness | None = None,
     ) -> None:
         self.index = index
         self.nar_store = nar_store
@@ -80,6 +91,9 @@ class PeerAPI:
         self.on_log_served = on_log_served
         """Called with (kind, count): attestations (bundles sent), checkpoint, inclusion,
         consistency."""
+        self.checkpoint_notes = checkpoint_notes
+        """The newest checkpoint notes accepted per builder log (gossip.newest_notes)."""
+        self.witness = witness
         self._tables: dict[str, tuple[bytes, ChunkTable]] = {}
 
     def application(self) -> web.Application:
@@ -92,6 +106,8 @@ class PeerAPI:
         app.router.add_get("/p2p/v1/log/checkpoint", self.checkpoint)
         app.router.add_get("/p2p/v1/log/inclusion/{index}/{size}", self.inclusion)
         app.router.add_get("/p2p/v1/log/consistency/{old}/{new}", self.consistency)
+        app.router.add_get("/p2p/v1/checkpoints", self.checkpoints)
+        app.router.add_get("/p2p/v1/witness/cosignature/{key}", self.cosignature)
         return app
 
     def _baked(self, request: web.Request) -> IndexedItem | None:
@@ -240,6 +256,27 @@ class PeerAPI:
             return _not_found(f"no such {kind} proof in this node's log")
         self._served(kind)
         return web.Response(body=b"".join(proof), content_type=PROOF_TYPE)
+
+    # -- checkpoint gossip and the witness ---------------------------------------------------
+
+    async def checkpoints(self, request: web.Request) -> web.Response:
+        if self.checkpoint_notes is None:
+            return _not_found("this node passes on no checkpoints")
+        # One indexed read of at most 256 rows: no dearer than any other log route.
+        notes = await self._in_executor(self.checkpoint_notes)
+        if not notes:
+            return _not_found("this node has accepted no checkpoint yet")
+        return web.Response(body=render_checkpoint_list(notes), content_type=CHECKPOINTS_TYPE)
+
+    async def cosignature(self, request: web.Request) -> web.Response:
+        key = request.match_info["key"]
+        if self.witness is None or not _KEY.fullmatch(key):
+            return _not_found("this node witnesses no such log")
+        origin = builder_origin(bytes.fromhex(key))
+        note = await self._in_executor(self.witness.cosigned, origin)
+        if note is None:
+            return _not_found("this witness has cosigned no checkpoint of that log")
+        return web.Response(body=note, content_type=CHECKPOINT_TYPE)
 
 
 def _decimals(request: web.Request, *names: str) -> tuple[int, ...] | None:

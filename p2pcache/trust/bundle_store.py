@@ -143,6 +143,23 @@ class BundleStore(ClosesOnExit):
             ).fetchone()
         return OwnCheckpoint(size, bytes(row[0]))
 
+    def replace_own_checkpoint_note(self, size: int, note: bytes) -> OwnCheckpoint:
+        """Keep `note` for the own checkpoint of `size`: the same checkpoint text with more
+        signature lines (witness cosignatures, attached by cosignature_collector.py).
+
+        Raises BundleStoreError when no checkpoint of that size was signed, or when `note`
+        has another text (a checkpoint, once signed, never changes).
+        """
+        text = parse_note(note, max_size=MAX_CHECKPOINT_SIZE).text
+        with self._lock, write_transaction(self._db) as db:
+            row = db.execute("SELECT note FROM own_checkpoints WHERE size = ?", (size,)).fetchone()
+            if row is None:
+                raise BundleStoreError(f"this node signed no checkpoint of size {size}")
+            if parse_note(bytes(row[0]), max_size=MAX_CHECKPOINT_SIZE).text != text:
+                raise BundleStoreError(f"a note of another text cannot replace checkpoint {size}")
+            db.execute("UPDATE own_checkpoints SET note = ? WHERE size = ?", (note, size))
+        return OwnCheckpoint(size, note)
+
     def own_checkpoint(self, size: int) -> OwnCheckpoint | None:
         """The checkpoint this node signed for its own tree of `size` leaves, if it signed one."""
         with self._lock:

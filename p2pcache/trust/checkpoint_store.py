@@ -180,6 +180,18 @@ class CheckpointStore:
             ).fetchone()
             return None if row is None else self._checkpoint(origin, row[0])
 
+    def latest_checkpoints(self, limit: int) -> list[StoredCheckpoint]:
+        """The newest accepted checkpoint of every log known (at most `limit`, by origin):
+        what a node passes on to its peers by gossip."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT c.origin, c.size, c.root, c.note, c.seen_at FROM builders AS b"
+                " JOIN checkpoints AS c ON c.origin = b.origin AND c.size = b.latest_size"
+                " ORDER BY b.origin LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [StoredCheckpoint(o, n, bytes(r), bytes(t), s) for o, n, r, t, s in rows]
+
     def is_forked(self, origin: str) -> bool:
         """Has fork evidence been recorded for this log (so its builder is untrusted)?"""
         with self._lock:

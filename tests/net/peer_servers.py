@@ -88,9 +88,10 @@ async def peer_server(
 
 @contextlib.asynccontextmanager
 async def builder_server(
-    tmp_path, builder_log: BuilderLog | None, host: str = "127.0.0.1"
+    tmp_path, builder_log: BuilderLog | None, host: str = "127.0.0.1", **api_options
 ) -> AsyncIterator[tuple[str, Counter]]:
-    """A peer API over an empty cache and `builder_log`; yields its URL and what it served."""
+    """A peer API over an empty cache and `builder_log` (and other PeerAPI options, such as a
+    witness); yields its URL and what it served."""
     served: Counter = Counter()
     index = CacheIndex(tmp_path / "peer-index.sqlite")
     await index.open()
@@ -101,6 +102,7 @@ async def builder_server(
         "",
         builder_log=builder_log,
         on_log_served=lambda kind, count: served.update({kind: count}),
+        **api_options,
     )
     listener = AiohttpListener(api.application(), host, 0)
     await listener.start()

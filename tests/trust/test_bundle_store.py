@@ -5,6 +5,8 @@ import pytest
 from p2pcache.trust.attestation_bundle import parse_bundle
 from p2pcache.trust.builder_log import BuilderLog
 from p2pcache.trust.bundle_store import MAX_CARRIED_PER_ITEM, BundleStore, BundleStoreError
+from p2pcache.trust.checkpoint import cosign_checkpoint, verify_checkpoint
+from p2pcache.trust.cosignature import Cosigner
 from tests.trust.builders import builder_key, hash_part, signed_attestation, store_path
 
 PATH = store_path(7)
@@ -95,3 +97,20 @@ def test_forgetting_an_item_drops_its_carried_bundles(tmp_path, store):
     store.add_carried(hash_part(PATH), bundle_of(tmp_path, "builder b"))
     store.forget_carried([hash_part(PATH)])
     assert store.carried(hash_part(PATH)) == []
+
+
+def test_an_own_checkpoint_takes_more_signature_lines_but_never_another_text(tmp_path):
+    key = builder_key("builder a")
+    with BuilderLog.open(tmp_path / "a", key) as log:
+        log.append([signed_attestation(key, store_path(n)) for n in range(3)])
+        signed = log.checkpoint()
+        witness = Cosigner("w.example/w", builder_key("w"))
+        cosigned = cosign_checkpoint(verify_checkpoint(signed.note, log.public_key), witness, 7)
+        log.bundles.replace_own_checkpoint_note(3, cosigned)
+        assert log.checkpoint().note == cosigned  # served, and put into own bundles, as it is
+        log.append([signed_attestation(key, store_path(9))])
+        later = log.checkpoint().note
+        with pytest.raises(BundleStoreError, match="another text"):
+            log.bundles.replace_own_checkpoint_note(3, later)
+        with pytest.raises(BundleStoreError, match="no checkpoint of size"):
+            log.bundles.replace_own_checkpoint_note(2, cosigned)

@@ -47,14 +47,6 @@ def store(tmp_path):
 
 
 @pytest.fixture
-def builder(tmp_path):
-    b = Builder(tmp_path, "builder one")
-    b.grow(40)
-    yield b
-    b.log.close()
-
-
-@pytest.fixture
 def fork(tmp_path):
     """The same builder key signing another history: identical for 10 entries, then different."""
     other = Builder(tmp_path, "builder one", history="forked")
@@ -224,3 +216,16 @@ def test_state_and_evidence_survive_reopening(tmp_path, builder, fork):
         assert store.is_forked(builder.origin)
         assert len(store.fork_evidence()) == 1
         assert store.latest(builder.origin).size == 25
+
+
+def test_latest_checkpoints_lists_the_newest_of_each_log_bounded(store, builder, tmp_path):
+    other = Builder(tmp_path, "builder two")
+    other.grow(5)
+    store.observe(builder.checkpoint(10))
+    store.observe(builder.checkpoint(20), builder.log.consistency_proof(10, 20))
+    store.observe(other.checkpoint(5))
+    listed = store.latest_checkpoints(10)
+    assert {(c.origin, c.size) for c in listed} == {(builder.origin, 20), (other.origin, 5)}
+    assert [c.origin for c in listed] == sorted(c.origin for c in listed)
+    assert len(store.latest_checkpoints(1)) == 1
+    other.log.close()
