@@ -74,7 +74,7 @@ dht, resolver = network.DHTConfig, network.ResolverSettings
 if "dht_rate" in what_if:
     rate = what_if["dht_rate"]
     network.DHTConfig = lambda **kw: dht(
-        **{"requests_per_second_per_ip": rate, "request_burst_per_ip": 2 * rate, **kw}
+        **{**kw, "requests_per_second_per_ip": rate, "request_burst_per_ip": 2 * rate}
     )
 if "miss_concurrency" in what_if:
     network.ResolverSettings = lambda **kw: resolver(

@@ -27,7 +27,9 @@ this lookup instead:
   received before it was sent (the first queries are round 1; with lock-step waves this is
   the wave number). It reports the round of the answer that brought the first valid record
   and the highest round answered by the end;
-* never stores the result anywhere (no caching STORE), so a lookup cannot spread a value.
+* never stores the result anywhere (no caching STORE), so a lookup cannot spread a value;
+* reports itself incomplete when no node answered (or none could be asked), so that a
+  caller does not take "nobody answered" for "nobody holds the item".
 
 Measured 2026-11-25 with loadtest/dht_simulation.py (1,000 nodes on loopback, k = 20,
 alpha = 3, RPC timeout 1 s, 5,000 lookups each): all lookups found a live provider; the first
@@ -90,7 +92,9 @@ class LookupResult:
     queries: int
     unanswered: int  # queries whose RPC timed out (or was answered with garbage)
     seconds: float
-    complete: bool  # False when cut short by the time or query bound
+    # False when cut short by the time or query bound, or when no node answered at all (a
+    # not-found lookup is only evidence of absence when complete)
+    complete: bool
     rejected: Counter[str] = field(default_factory=Counter)
     nodes_seen: int = 0  # distinct candidates not known to be dead
     stalled: int = 0  # queries still unanswered after the stall time (presumed dead)
@@ -205,6 +209,10 @@ class Lookup:
         for task in pending:
             self.protocol.keep_alive(task)  # let it finish: a timeout still prunes the table
         if self._queries >= config.max_queries and not self._converged():
+            complete = False
+        if not any(c.state == _ANSWERED for c in self._order):
+            # Nobody could be asked (an empty routing table) or nobody answered: the lookup
+            # learnt nothing, which is not the same as learning that no record exists.
             complete = False
         return self._result(loop.time() - started, complete)
 
