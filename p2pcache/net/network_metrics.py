@@ -268,5 +268,5 @@ class NetworkCollector(Collector):
             "p2pcache_dht_rebootstraps",
             "Re-joins through the bootstrap peers after losing every live contact, by outcome.",
             "outcome",
-            stats.rebootstraps,
+            Counter({"joined": 0, "failed": 0, **stats.rebootstraps}),  # both, even at 0
         )
