@@ -242,9 +242,12 @@ class DHTNode:
 
     # -- joining -------------------------------------------------------------------------------
 
-    async def bootstrap(self, addresses: Sequence[tuple[str, int]]) -> int:
+    async def bootstrap(
+        self, addresses: Sequence[tuple[str, int]], *, refresh: bool | None = None
+    ) -> int:
         """Join through these peers (paper §2.3): ping them, look up our own id, then refresh
-        the buckets farther away. Returns the number of contacts in the routing table."""
+        the buckets farther away (if `refresh`, by default `refresh_on_join`). Returns the
+        number of contacts in the routing table."""
         protocol = self._protocol()
         resolved = await asyncio.gather(*(self._resolve(host, port) for host, port in addresses))
         targets = [address for address in resolved if address is not None]
@@ -260,7 +263,7 @@ class DHTNode:
             )
             return 0
         await Lookup(protocol, self.node.id, self.config.crawl_config(), clock=self.clock).run()
-        if self.config.refresh_on_join:
+        if self.config.refresh_on_join if refresh is None else refresh:
             await self.refresh_buckets(all_buckets=True)
         log.info(
             "joined the DHT through %d peer(s); %d contacts known",
@@ -276,17 +279,17 @@ class DHTNode:
         or until someone contacts it. Concurrent callers share one re-join; after one, the
         next waits `rebootstrap_interval`."""
         protocol = self._protocol()
-        if self._rejoin is not None:
-            await asyncio.shield(self._rejoin)
-            return
-        now = asyncio.get_running_loop().time()
-        if protocol.live_contacts() > 0 or not self._bootstrap_peers or now < self._next_rejoin:
-            return
-        self._next_rejoin = now + self.config.rebootstrap_interval
-        self._rejoin = asyncio.create_task(self._join_again())
-        try:
-            await asyncio.shield(self._rejoin)
-        finally:
+        if self._rejoin is None:
+            now = asyncio.get_running_loop().time()
+            if protocol.live_contacts() or not self._bootstrap_peers or now < self._next_rejoin:
+                return
+            self._next_rejoin = now + self.config.rebootstrap_interval
+            self._rejoin = asyncio.create_task(self._join_again())
+            self._rejoin.add_done_callback(self._rejoined)
+        await asyncio.shield(self._rejoin)
+
+    def _rejoined(self, task: asyncio.Task) -> None:
+        if self._rejoin is task:
             self._rejoin = None
 
     async def _join_again(self) -> None:
@@ -297,7 +300,10 @@ class DHTNode:
             len(self._bootstrap_peers),
         )
         try:
-            contacts = await self.bootstrap(self._bootstrap_peers)
+            # No refresh of every bucket (that is for a first join, and would hold the
+            # lookups waiting for this): the own-id lookup finds the neighbourhood again,
+            # and the hourly refresh does the rest.
+            contacts = await self.bootstrap(self._bootstrap_peers, refresh=False)
         except Exception:
             log.warning("joining the DHT again failed", exc_info=True)
             contacts = 0
