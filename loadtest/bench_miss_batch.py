@@ -53,7 +53,9 @@ from tests import guix_client
 TARGET = 5.0
 WARM_UP = 5
 PAUSE = 3.0  # seconds between phases, so that the DHT nodes' per-source budgets refill
-DIAGNOSTICS = r"dht_lookups|dropped|rejected|timeouts|miss_lookups|refused"
+DIAGNOSTICS = (
+    r"dht_lookups|dropped|rejected|timeouts|miss_lookups|refused|contacts_evicted|rebootstraps"
+)
 
 
 @dataclass

@@ -62,9 +62,10 @@ def node_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "p2pcache", *args]
 
 
-# What-if runs only: a node with settings the shipped node has no option for. `dht_rate`:
-# DHT requests per second its DHT accepts from one IP (burst twice that); `miss_concurrency`:
-# narinfo misses it resolves at once.
+# What-if runs only: a node with settings other than the shipped ones, patched into its
+# defaults. `dht_rate`: DHT requests per second its DHT accepts from one IP (burst twice that;
+# also the options dht.requests_per_second_per_ip and dht.request_burst_per_ip);
+# `miss_concurrency`: narinfo misses it resolves at once (no option).
 _WHAT_IF = """
 import json, sys
 import p2pcache.network as network
@@ -74,7 +75,7 @@ dht, resolver = network.DHTConfig, network.ResolverSettings
 if "dht_rate" in what_if:
     rate = what_if["dht_rate"]
     network.DHTConfig = lambda **kw: dht(
-        **{"requests_per_second_per_ip": rate, "request_burst_per_ip": 2 * rate, **kw}
+        **{**kw, "requests_per_second_per_ip": rate, "request_burst_per_ip": 2 * rate}
     )
 if "miss_concurrency" in what_if:
     network.ResolverSettings = lambda **kw: resolver(

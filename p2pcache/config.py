@@ -106,6 +106,9 @@ class Config:
     dht_rpc_timeout: float = 1.5
     dht_max_per_ip: int = 2
     dht_max_per_subnet: int = 8
+    # net/dht_protocol.REQUESTS_PER_SECOND_PER_IP and REQUEST_BURST_PER_IP say why.
+    dht_requests_per_second_per_ip: float = 500.0
+    dht_request_burst_per_ip: float = 2000.0
     announce_keys_per_second: float = 40.0
     fetch_parallel: int = 2
 
@@ -188,6 +191,12 @@ def _seconds(value: Any) -> float:
 def _rate(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise ValueError(f"expected a positive number per second, got {value!r}")
+    return float(value)
+
+
+def _burst(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 1:
+        raise ValueError(f"expected a number of requests of at least 1, got {value!r}")
     return float(value)
 
 
@@ -283,6 +292,8 @@ OPTIONS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "dht.rpc_timeout": ("dht_rpc_timeout", _seconds),
     "dht.max_per_ip": ("dht_max_per_ip", _int_range(1, 1000)),
     "dht.max_per_subnet": ("dht_max_per_subnet", _int_range(1, 10000)),
+    "dht.requests_per_second_per_ip": ("dht_requests_per_second_per_ip", _rate),
+    "dht.request_burst_per_ip": ("dht_request_burst_per_ip", _burst),
     "dht.announce_keys_per_second": ("announce_keys_per_second", _rate),
     "upstream.urls": ("upstreams", _url_list),
     "trust.guix_acl": ("guix_acl", _path),

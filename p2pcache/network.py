@@ -40,7 +40,7 @@ from p2pcache.net.identity import NodeIdentity, load_or_create_identity
 from p2pcache.net.network_metrics import NetworkCollector, NetworkCounters
 from p2pcache.net.peer_client import PeerClient
 from p2pcache.net.peer_ranking import PeerRanking
-from p2pcache.net.providers import ProviderDirectory, peer_narinfo_source
+from p2pcache.net.providers import ProviderDirectory, ProvidersUnknown, peer_narinfo_source
 from p2pcache.net.transfer import TransferStats
 from p2pcache.net.upstream import UpstreamClient
 from p2pcache.net.upstream_narinfo import UpstreamNarinfo, preferred_groups
@@ -121,7 +121,7 @@ class PeerNetwork:
         self.session: aiohttp.ClientSession | None = None
         self.upstream: UpstreamClient | None = None
         self.ranking = PeerRanking()
-        self.directory = ProviderDirectory(self._find_providers)
+        self.directory = ProviderDirectory(self._lookup_providers)
         self.resolver: MissResolver | None = None
         self.fetcher: ItemFetcher | None = None
         self.peer_url = ""
@@ -205,6 +205,8 @@ class PeerNetwork:
                 self.identity,
                 DHTConfig(
                     rpc_timeout=config.dht_rpc_timeout,
+                    requests_per_second_per_ip=config.dht_requests_per_second_per_ip,
+                    request_burst_per_ip=config.dht_request_burst_per_ip,
                     contact_limits=ContactLimits(
                         max_per_ip=config.dht_max_per_ip,
                         max_per_subnet=config.dht_max_per_subnet,
@@ -387,9 +389,22 @@ class PeerNetwork:
         return await self._find_providers(hash_part)
 
     async def _find_providers(self, hash_part: str) -> list[str]:
+        try:
+            return await self._lookup_providers(hash_part)
+        except ProvidersUnknown:
+            return []
+
+    async def _lookup_providers(self, hash_part: str) -> list[str]:
+        """Other nodes' endpoints for the item; ProvidersUnknown when the DHT lookup found
+        nothing and was not complete (nobody answered, or it was cut short)."""
         if self.dht is None:
             return []
         result = await self.dht.find_providers(hash_part)
+        if not result.found and not result.complete:
+            raise ProvidersUnknown(
+                f"the DHT lookup for {hash_part} was incomplete "
+                f"({result.queries} queries, {result.unanswered} unanswered)"
+            )
         own = self.identity.public_key if self.identity else b""
         endpoints = [r.record.endpoint for r in result.records if r.record.public_key != own]
         return list(dict.fromkeys(endpoints))

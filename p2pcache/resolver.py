@@ -8,8 +8,10 @@ whatever the policy decides from the item's attestation bundles, gathered once p
 An item accepted on builders' word alone is recorded without a signed part: the node signs
 its own narinfo for it. Pipelined misses resolve concurrently, up to a bound, and the
 same item asked twice at once is looked up once. A miss is remembered for a short time so a
-burst of requests for an absent item costs one lookup; a slow lookup is never turned into a
-long-cached 404 (the endpoint's 404 max-age stays short).
+burst of requests for an absent item costs one lookup; but only a conclusive one, where every
+source answered (absent): a lookup that timed out or a source that could not tell (a DHT
+lookup nobody answered, providers that were all down) is answered 404 for now (with the
+endpoint's short max-age) and asked again next time, never remembered as absent.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ log = logging.getLogger(__name__)
 KEPT_BUNDLE_BYTES = 64 * 1024
 """An item's bundles are kept with its resolution up to this size (a few builders' bundles are
 a few KiB); larger sets are gathered again when the NAR is about to be committed."""
+
+
+class _Inconclusive(Exception):
+    """No narinfo was accepted, and a source could not tell whether it has the item."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,14 +151,16 @@ class MissResolver:
                 async with asyncio.timeout(self.settings.timeout):
                     accepted = await self._first_accepted(hash_part)
             except TimeoutError:
-                accepted = None
-                outcome = "timeout"
+                accepted, outcome = None, "timeout"
+            except _Inconclusive:
+                accepted, outcome = None, "inconclusive"
             else:
                 outcome = "found" if accepted else "absent"
         seconds = time.monotonic() - started
         self.on_outcome(outcome, seconds)
         if accepted is None:
-            self._remember_absent(hash_part)
+            if outcome == "absent":
+                self._remember_absent(hash_part)
             return None
         candidate, judged = accepted
         resolution = await self._record(hash_part, candidate, judged)
@@ -175,7 +183,10 @@ class MissResolver:
         self._absent[hash_part] = time.monotonic() + self.settings.negative_ttl
 
     async def _first_accepted(self, hash_part: str) -> tuple[Candidate, Judged] | None:
+        """The first candidate accepted; None when every source answered and none offered an
+        acceptable narinfo; _Inconclusive when none was accepted and a source failed."""
         queue: asyncio.Queue[Candidate | None] = asyncio.Queue()
+        failed: list[str] = []
 
         async def drain(source: NarinfoSource) -> None:
             try:
@@ -183,6 +194,7 @@ class MissResolver:
                     await queue.put(candidate)
             except P2PCacheError as e:
                 log.debug("a narinfo source failed for %s: %s", hash_part, e)
+                failed.append(str(e))
             finally:
                 await queue.put(None)
 
@@ -203,6 +215,8 @@ class MissResolver:
                     log.info("refused the narinfo of %s from %s: %s", hash_part, source, e)
                     continue
                 return candidate, accepted
+            if failed:
+                raise _Inconclusive(failed)
             return None
         finally:
             for task in tasks:

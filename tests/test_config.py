@@ -79,11 +79,24 @@ def test_flags_override_the_file(tmp_path):
         ({"trust": {"gossip_fanout": 17}}, "trust.gossip_fanout"),
         ({"trust": {"gossip_builders": ["AB" * 32]}}, "trust.gossip_builders"),
         ({"trust": {"gossip_builders": "ab" * 32}}, "trust.gossip_builders"),
+        ({"dht": {"requests_per_second_per_ip": 0}}, "dht.requests_per_second_per_ip"),
+        ({"dht": {"request_burst_per_ip": 0.5}}, "dht.request_burst_per_ip"),
     ],
 )
 def test_bad_values_name_their_key(document, key):
     with pytest.raises(ConfigError, match=rf"^{key}: "):
         config_from_mapping(document)
+
+
+def test_dht_rate_limits_are_options_with_the_dht_defaults():
+    from p2pcache.net.dht import DHTConfig
+
+    defaults = Config()
+    assert defaults.dht_requests_per_second_per_ip == DHTConfig().requests_per_second_per_ip
+    assert defaults.dht_request_burst_per_ip == DHTConfig().request_burst_per_ip
+    document = {"dht": {"requests_per_second_per_ip": 50, "request_burst_per_ip": 80}}
+    config = config_from_mapping(document)
+    assert (config.dht_requests_per_second_per_ip, config.dht_request_burst_per_ip) == (50, 80)
 
 
 def test_unreadable_and_invalid_files(tmp_path):

@@ -124,6 +124,12 @@
                   (default 2))
   (dht-max-per-subnet p2pcache-configuration-dht-max-per-subnet ;integer
                       (default 8))
+  (dht-requests-per-second-per-ip
+   p2pcache-configuration-dht-requests-per-second-per-ip ;number
+   (default 500))
+  (dht-request-burst-per-ip
+   p2pcache-configuration-dht-request-burst-per-ip ;number
+   (default 2000))
   (announce-keys-per-second p2pcache-configuration-announce-keys-per-second ;number
                             (default 40))
   ;; [upstream]
@@ -218,6 +224,10 @@
     ("dht" "rpc_timeout" ,p2pcache-configuration-dht-rpc-timeout number)
     ("dht" "max_per_ip" ,p2pcache-configuration-dht-max-per-ip integer)
     ("dht" "max_per_subnet" ,p2pcache-configuration-dht-max-per-subnet integer)
+    ("dht" "requests_per_second_per_ip"
+     ,p2pcache-configuration-dht-requests-per-second-per-ip number)
+    ("dht" "request_burst_per_ip"
+     ,p2pcache-configuration-dht-request-burst-per-ip number)
     ("dht" "announce_keys_per_second" ,p2pcache-configuration-announce-keys-per-second number)
     ("upstream" "urls" ,p2pcache-configuration-upstreams strings)
     ("trust" "guix_acl" ,p2pcache-configuration-guix-acl string)

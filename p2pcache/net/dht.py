@@ -32,7 +32,12 @@ from pathlib import Path
 from kademlia.node import Node
 
 from p2pcache.net.dht_crawl import CrawlConfig, Lookup, LookupResult
-from p2pcache.net.dht_protocol import DHTProtocol, ProtocolConfig
+from p2pcache.net.dht_protocol import (
+    REQUEST_BURST_PER_IP,
+    REQUESTS_PER_SECOND_PER_IP,
+    DHTProtocol,
+    ProtocolConfig,
+)
 from p2pcache.net.dht_routing import ContactLimits
 from p2pcache.net.dht_state import load_neighbours, save_neighbours
 from p2pcache.net.dht_stats import DHTStats
@@ -57,6 +62,15 @@ log = logging.getLogger(__name__)
 # Records signed per event-loop turn when announcing many items (about 25 µs each).
 _SIGN_CHUNK = 500
 
+RECEIVE_BUFFER_BYTES = 4 << 20
+"""The UDP socket's receive buffer asked for (SO_RCVBUF). Replies to a node's own lookups
+arrive in bursts: a Guix batch runs 256 lookups at once, each asking up to alpha nodes (all
+k at the end), and the replies wait in the socket while the event loop is busy with other
+work. The kernel's default (net.core.rmem_default, 212 KB on Linux: about 300 full-sized
+replies with their overhead) dropped 500-640 replies of one batch of 1000 misses
+(loadtest/RESULTS.md), each one a timed-out RPC. 4 MiB holds several thousand. Linux caps it
+at net.core.rmem_max unless the process may raise it; what the kernel granted is logged."""
+
 
 @dataclass(frozen=True)
 class DHTConfig:
@@ -72,8 +86,14 @@ class DHTConfig:
     maintenance_interval: float = 60.0  # how often due work is looked for
     state_save_interval: float = 600.0
     refresh_on_join: bool = True  # paper §2.3: after joining, refresh farther buckets
-    requests_per_second_per_ip: float = 100.0
-    request_burst_per_ip: float = 200.0
+    requests_per_second_per_ip: float = REQUESTS_PER_SECOND_PER_IP  # see dht_protocol
+    request_burst_per_ip: float = REQUEST_BURST_PER_IP
+    receive_buffer_bytes: int = RECEIVE_BUFFER_BYTES  # SO_RCVBUF of the UDP socket; 0: leave it
+    stale_after_failures: int = 5  # paper §4.1; see ProtocolConfig
+    stale_seconds: float = 60.0
+    # After the table lost every live contact: how long to wait between two re-joins
+    # through the bootstrap peers (a lookup meanwhile reports itself incomplete).
+    rebootstrap_interval: float = 10.0
     announce_requests_per_second: float | None = None  # STORE pacing; None: unpaced
     contact_limits: ContactLimits = field(default_factory=ContactLimits)
     storage_limits: StorageLimits = field(default_factory=StorageLimits)
@@ -84,6 +104,8 @@ class DHTConfig:
             rpc_timeout=self.rpc_timeout,
             requests_per_second_per_ip=self.requests_per_second_per_ip,
             request_burst_per_ip=self.request_burst_per_ip,
+            stale_after_failures=self.stale_after_failures,
+            stale_seconds=self.stale_seconds,
             contact_limits=self.contact_limits,
         )
 
@@ -143,6 +165,9 @@ class DHTNode:
         self._transport: asyncio.DatagramTransport | None = None
         self._own: dict[bytes, _OwnRecord] = {}
         self._maintenance: asyncio.Task | None = None
+        self._bootstrap_peers: list[tuple[str, int]] = []
+        self._rejoin: asyncio.Task | None = None
+        self._next_rejoin = 0.0
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -158,6 +183,8 @@ class DHTNode:
             ),
             local_addr=(host, port),
         )
+        if self.config.receive_buffer_bytes:
+            set_receive_buffer(self._transport, self.config.receive_buffer_bytes)
         self.placer = RecordPlacer(
             self.protocol,
             self.storage,
@@ -170,6 +197,7 @@ class DHTNode:
         if self.state_file is not None:
             saved = load_neighbours(self.state_file)
             peers += [address for address in saved if address not in peers]
+        self._bootstrap_peers = peers
         if peers:
             await self.bootstrap(peers)
         self._maintenance = asyncio.create_task(self._maintain())
@@ -177,11 +205,12 @@ class DHTNode:
     async def stop(self) -> None:
         """Stop maintenance, save the neighbours, close the socket. Records already placed stay
         in the network until their signed expiry."""
-        if self._maintenance is not None:
-            self._maintenance.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._maintenance
-            self._maintenance = None
+        for task in (self._maintenance, self._rejoin):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._maintenance = self._rejoin = None
         if self._transport is not None:
             self._save_state()
             self._transport.close()
@@ -213,16 +242,19 @@ class DHTNode:
 
     # -- joining -------------------------------------------------------------------------------
 
-    async def bootstrap(self, addresses: Sequence[tuple[str, int]]) -> int:
+    async def bootstrap(
+        self, addresses: Sequence[tuple[str, int]], *, refresh: bool | None = None
+    ) -> int:
         """Join through these peers (paper §2.3): ping them, look up our own id, then refresh
-        the buckets farther away. Returns the number of contacts in the routing table."""
+        the buckets farther away (if `refresh`, by default `refresh_on_join`). Returns the
+        number of contacts in the routing table."""
         protocol = self._protocol()
         resolved = await asyncio.gather(*(self._resolve(host, port) for host, port in addresses))
         targets = [address for address in resolved if address is not None]
         answers = await asyncio.gather(*(protocol.ping(a, self.node.id) for a in targets))
         for (host, port), (answered, node_id) in zip(targets, answers, strict=True):
             if answered and node_id != self.node.id:
-                protocol.router.add_contact(Node(node_id, host, port))
+                protocol.heard_from(Node(node_id, host, port))
         if protocol.router.size() == 0:
             log.warning(
                 "no DHT bootstrap peer answered (%d tried); the node waits for others to "
@@ -231,7 +263,7 @@ class DHTNode:
             )
             return 0
         await Lookup(protocol, self.node.id, self.config.crawl_config(), clock=self.clock).run()
-        if self.config.refresh_on_join:
+        if self.config.refresh_on_join if refresh is None else refresh:
             await self.refresh_buckets(all_buckets=True)
         log.info(
             "joined the DHT through %d peer(s); %d contacts known",
@@ -239,6 +271,43 @@ class DHTNode:
             protocol.router.size(),
         )
         return protocol.router.size()
+
+    async def rejoin_if_alone(self) -> None:
+        """Join again through the bootstrap peers (those configured, and the neighbours saved
+        by the last run) when the routing table holds no live contact: a node whose contacts
+        all went stale (or never answered) would otherwise be blind until a bucket refresh
+        or until someone contacts it. Concurrent callers share one re-join; after one, the
+        next waits `rebootstrap_interval`."""
+        protocol = self._protocol()
+        if self._rejoin is None:
+            now = asyncio.get_running_loop().time()
+            if protocol.live_contacts() or not self._bootstrap_peers or now < self._next_rejoin:
+                return
+            self._next_rejoin = now + self.config.rebootstrap_interval
+            self._rejoin = asyncio.create_task(self._join_again())
+            self._rejoin.add_done_callback(self._rejoined)
+        await asyncio.shield(self._rejoin)
+
+    def _rejoined(self, task: asyncio.Task) -> None:
+        if self._rejoin is task:
+            self._rejoin = None
+
+    async def _join_again(self) -> None:
+        log.warning(
+            "the DHT routing table has no live contact (%d stale); joining again through "
+            "%d bootstrap peer(s)",
+            self._protocol().router.size(),
+            len(self._bootstrap_peers),
+        )
+        try:
+            # No refresh of every bucket (that is for a first join, and would hold the
+            # lookups waiting for this): the own-id lookup finds the neighbourhood again,
+            # and the hourly refresh does the rest.
+            contacts = await self.bootstrap(self._bootstrap_peers, refresh=False)
+        except Exception:
+            log.warning("joining the DHT again failed", exc_info=True)
+            contacts = 0
+        self._stats.rebootstraps["joined" if contacts else "failed"] += 1
 
     async def _resolve(self, host: str, port: int) -> tuple[str, int] | None:
         try:
@@ -394,6 +463,7 @@ class DHTNode:
         return await self._find(key, kind, label)
 
     async def _find(self, key: bytes, kind: RecordKind, label: str) -> LookupResult:
+        await self.rejoin_if_alone()
         local = [r for r in self.storage.records(key) if r.record.kind == kind]
         lookup = Lookup(
             self._protocol(),
@@ -419,6 +489,7 @@ class DHTNode:
         while True:
             await asyncio.sleep(self.config.maintenance_interval)
             try:
+                await self.rejoin_if_alone()
                 await self.reannounce_due()
                 self.storage.purge_expired()
                 if loop.time() >= next_refresh:
@@ -450,3 +521,29 @@ class DHTNode:
         self._protocol()
         assert self.placer is not None
         return self.placer
+
+
+def set_receive_buffer(transport: asyncio.DatagramTransport, size: int) -> int:
+    """Ask for a `size`-byte receive buffer on the transport's socket; log and return what
+    the kernel granted (Linux reports twice the usable size, and caps the request at
+    net.core.rmem_max)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    before = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    except OSError as error:
+        log.warning("could not set the DHT socket's receive buffer to %d bytes: %s", size, error)
+        return before
+    granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    level = logging.INFO if granted >= size else logging.WARNING
+    log.log(
+        level,
+        "DHT socket receive buffer: %d bytes asked, %d granted (was %d)%s",
+        size,
+        granted,
+        before,
+        "" if granted >= size else "; raise net.core.rmem_max to allow more",
+    )
+    return granted

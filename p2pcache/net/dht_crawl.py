@@ -15,7 +15,10 @@ this lookup instead:
   within the stall time (a few smoothed round trips, at most a quarter of the RPC timeout)
   stops counting as active and its node is presumed dead, so the next closest node is asked
   meanwhile and the lookup can end without waiting for the RPC timeout. A dead node costs a
-  stall time, not an RPC timeout, and not once per round;
+  stall time, not an RPC timeout, and not once per round. Not so for the end of a value
+  lookup that has found nothing yet: a stalled node may be a busy provider holding the
+  only record, so its answer or RPC timeout is awaited (a Guix batch of 1000 misses had 5
+  items answered 404 that way, loadtest/RESULTS.md);
 * follows the paper's rule for the end game: once a round (all queries of one round number)
   has brought no node closer than the closest seen when it started (nor a new provider),
   all of the k closest not yet asked are asked at once, instead of alpha at a time;
@@ -27,7 +30,9 @@ this lookup instead:
   received before it was sent (the first queries are round 1; with lock-step waves this is
   the wave number). It reports the round of the answer that brought the first valid record
   and the highest round answered by the end;
-* never stores the result anywhere (no caching STORE), so a lookup cannot spread a value.
+* never stores the result anywhere (no caching STORE), so a lookup cannot spread a value;
+* reports itself incomplete when no node answered (or none could be asked), so that a
+  caller does not take "nobody answered" for "nobody holds the item".
 
 Measured 2026-11-25 with loadtest/dht_simulation.py (1,000 nodes on loopback, k = 20,
 alpha = 3, RPC timeout 1 s, 5,000 lookups each): all lookups found a live provider; the first
@@ -90,7 +95,9 @@ class LookupResult:
     queries: int
     unanswered: int  # queries whose RPC timed out (or was answered with garbage)
     seconds: float
-    complete: bool  # False when cut short by the time or query bound
+    # False when cut short by the time or query bound, or when no node answered at all (a
+    # not-found lookup is only evidence of absence when complete)
+    complete: bool
     rejected: Counter[str] = field(default_factory=Counter)
     nodes_seen: int = 0  # distinct candidates not known to be dead
     stalled: int = 0  # queries still unanswered after the stall time (presumed dead)
@@ -206,6 +213,10 @@ class Lookup:
             self.protocol.keep_alive(task)  # let it finish: a timeout still prunes the table
         if self._queries >= config.max_queries and not self._converged():
             complete = False
+        if not any(c.state == _ANSWERED for c in self._order):
+            # Nobody could be asked (an empty routing table) or nobody answered: the lookup
+            # learnt nothing, which is not the same as learning that no record exists.
+            complete = False
         return self._result(loop.time() - started, complete)
 
     # -- candidates ----------------------------------------------------------------------------
@@ -240,12 +251,30 @@ class Lookup:
             if count == self.config.ksize:
                 return
 
+    def _closest_not_failed(self) -> Iterable[_Candidate]:
+        """The k closest candidates not known to be dead (stalled ones included)."""
+        count = 0
+        for candidate in self._order:
+            if candidate.state == _FAILED:
+                continue
+            yield candidate
+            count += 1
+            if count == self.config.ksize:
+                return
+
     def _converged(self) -> bool:
         """Paper §2.3: done when the k closest known (live) nodes have all answered. A node
         that has not answered within the stall time is presumed dead here: waiting for its
         RPC timeout would delay the lookup by a whole timeout for each dead node among the
-        k closest (their answers are still merged if they come before the end)."""
-        return all(c.state == _ANSWERED for c in self._closest_alive()) and any(
+        k closest (their answers are still merged if they come before the end). Except
+        while a value lookup has found nothing: then a slow node may be the one holding the
+        only record (a busy provider answers late), so its answer or its RPC timeout is
+        awaited (within the lookup's time bound) before concluding that nobody has one."""
+        if self.kind is not None and not self._records:
+            closest = self._closest_not_failed()
+        else:
+            closest = self._closest_alive()
+        return all(c.state == _ANSWERED for c in closest) and any(
             c.state == _ANSWERED for c in self._order
         )
 

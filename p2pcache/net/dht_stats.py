@@ -49,6 +49,11 @@ class DHTStats:
     rpcs_sent: Counter[str] = field(default_factory=Counter)  # by RPC name
     rpcs_received: Counter[str] = field(default_factory=Counter)  # by RPC name
     rpc_timeouts: int = 0
+    # contacts removed from the routing table as stale (paper §4.1: several RPCs unanswered)
+    contacts_evicted: int = 0
+    # re-joins through the bootstrap peers after the table lost every live contact, by
+    # outcome (joined, failed)
+    rebootstraps: Counter[str] = field(default_factory=Counter)
     records_stored: int = 0  # records accepted into storage (new, or newer than held)
     # provider_record.REJECTION_REASONS, plus key_full, source_quota, storage_full, wrong_kind
     records_rejected: Counter[str] = field(default_factory=Counter)

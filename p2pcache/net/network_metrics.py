@@ -30,7 +30,7 @@ class NetworkCounters:
     transfers: Counter[str] = field(default_factory=Counter)  # ok, failed, no-provider
     chunk_failures: Counter[str] = field(default_factory=Counter)  # bad-chunk, bad-table, ...
     failovers: int = 0  # batches of chunks moved to another provider mid-transfer
-    misses: Counter[str] = field(default_factory=Counter)  # found, absent, timeout
+    misses: Counter[str] = field(default_factory=Counter)  # found, absent, timeout, inconclusive
     miss_seconds: SecondsHistogram = field(
         default_factory=lambda: SecondsHistogram(MISS_BUCKETS, [0] * (len(MISS_BUCKETS) + 1))
     )
@@ -258,4 +258,15 @@ class NetworkCollector(Collector):
         )
         yield CounterMetricFamily(
             "p2pcache_dht_rpc_timeouts", "DHT requests that timed out.", stats.rpc_timeouts
+        )
+        yield CounterMetricFamily(
+            "p2pcache_dht_contacts_evicted",
+            "Contacts removed from the DHT routing table as stale (several RPCs unanswered).",
+            stats.contacts_evicted,
+        )
+        yield _counter(
+            "p2pcache_dht_rebootstraps",
+            "Re-joins through the bootstrap peers after losing every live contact, by outcome.",
+            "outcome",
+            Counter({"joined": 0, "failed": 0, **stats.rebootstraps}),  # both, even at 0
         )

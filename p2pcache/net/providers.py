@@ -2,7 +2,10 @@
 
 The miss path and the NAR fetch of the same item follow each other within seconds; the
 directory keeps a lookup's answer for `ttl` so the fetch does not repeat the DHT walk. Lookups
-of the same item at the same time share one walk.
+of the same item at the same time share one walk. A lookup that learnt nothing (nobody
+answered, or it was cut short before finding anyone) raises ProvidersUnknown and is not
+kept: to the miss path it means "could not tell", not "nobody has it", so no 404 is
+remembered for it.
 """
 
 from __future__ import annotations
@@ -12,11 +15,18 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from p2pcache.cache.index import Origin
+from p2pcache.errors import P2PCacheError
 from p2pcache.net.peer_client import PeerClient, PeerError, PeerMisbehaved
 from p2pcache.net.peer_ranking import PeerRanking
 from p2pcache.resolver import Candidate, NarinfoSource
 
 FindProviders = Callable[[str], Awaitable[list[str]]]
+"""The providers' endpoints; raises ProvidersUnknown when the search could not tell."""
+
+
+class ProvidersUnknown(P2PCacheError):
+    """The search for an item's providers learnt nothing (no peer answered, or it was cut
+    short): whether anyone holds the item is unknown."""
 
 
 class ProviderDirectory:
@@ -28,6 +38,15 @@ class ProviderDirectory:
         self._inflight: dict[str, asyncio.Future[list[str]]] = {}
 
     async def providers(self, hash_part: str, *, fresh: bool = False) -> list[str]:
+        """The item's providers; none when they are unknown (see `lookup`)."""
+        try:
+            return await self.lookup(hash_part, fresh=fresh)
+        except ProvidersUnknown:
+            return []
+
+    async def lookup(self, hash_part: str, *, fresh: bool = False) -> list[str]:
+        """The item's providers, remembered for `ttl`; raises ProvidersUnknown (and remembers
+        nothing) when the search could not tell."""
         now = time.monotonic()
         known = self._known.get(hash_part)
         if known is not None and not fresh and known[0] > now and known[1]:
@@ -70,8 +89,9 @@ def peer_narinfo_source(
     """Ask the best `fanout` providers at once for the narinfo, then the next ones."""
 
     async def source(hash_part: str) -> AsyncIterator[Candidate]:
-        providers = ranking.order(await directory.providers(hash_part))
+        providers = ranking.order(await directory.lookup(hash_part))
         pending: set[asyncio.Task[tuple[str, bytes | None]]] = set()
+        unavailable: list[str] = []
 
         async def ask(provider: str) -> tuple[str, bytes | None]:
             try:
@@ -80,6 +100,7 @@ def peer_narinfo_source(
                 ranking.record_misbehaved(provider)
             except PeerError:
                 ranking.record_unavailable(provider)
+                unavailable.append(provider)
             return provider, None
 
         try:
@@ -92,6 +113,11 @@ def peer_narinfo_source(
                     provider, data = task.result()
                     if data is not None:
                         yield Candidate(Origin.PEER, provider, data)
+            if providers and len(unavailable) == len(providers):
+                # Every provider was down or too slow: that says nothing about the item.
+                raise ProvidersUnknown(
+                    f"none of the {len(providers)} provider(s) of {hash_part} could answer"
+                )
         finally:
             for task in pending:
                 task.cancel()

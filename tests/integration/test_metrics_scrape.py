@@ -50,6 +50,8 @@ DHT_FAMILIES = (
     "p2pcache_dht_records_stored_total",
     "p2pcache_dht_keys_announced_total",
     "p2pcache_dht_rpc_timeouts_total",
+    "p2pcache_dht_contacts_evicted_total",
+    "p2pcache_dht_rebootstraps_total",
 )
 SEEDING_FAMILIES = (
     "p2pcache_baked_items_total",

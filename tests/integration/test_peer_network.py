@@ -146,6 +146,33 @@ async def test_untrusted_seed_is_refused(tmp_path, test_store):
         assert b.index.get(h) is None
 
 
+async def test_a_miss_no_peer_could_answer_is_not_remembered_as_absent(tmp_path, test_store):
+    """A DHT lookup nobody answered says nothing about the item: the miss is answered 404
+    now, but asked again next time (not held as absent for negative_ttl), and the silent
+    contact is kept, so once it answers again the item is found."""
+    async with network(tmp_path, test_store, 2) as (seed, b):
+        await seed.network.announcer.stop()  # the seed announces by hand below
+        (item,) = await baked(seed, 1)
+        h = item.path.rsplit("/", 1)[-1][:32]
+        host = b.config.listen.host
+        seed_dht = seed.network.dht
+        address = seed_dht.address
+        await seed_dht.stop()  # b's only DHT contact is silent for one request
+        try:
+            replies = await guix_client.narinfos(host, b.guix_port, [h])
+        finally:
+            await seed_dht.start(*address)  # the same node at the same address
+        assert replies[0].status == 404
+        assert b.network.counters.misses == {"inconclusive": 1}
+        assert b.network.dht.stats.lookups[("providers", "incomplete")] == 1
+        assert b.network.dht.stats.routing_table_size == 1  # kept: one silence is not death
+        await seed_dht.announce([h], seed.network.peer_url)
+        await wait_until_findable(b, [item])
+        replies = await guix_client.narinfos(host, b.guix_port, [h])
+        assert replies[0].status == 200
+        assert b.network.counters.misses == {"inconclusive": 1, "found": 1}
+
+
 @pytest.mark.parametrize("misses", [200])
 async def test_pipelined_misses_resolve_concurrently(tmp_path, test_store, misses):
     """A batch of misses must not take one lookup after another."""

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
+import time
+from pathlib import Path
 
 import pytest
+import umsgpack
 from kademlia.crawling import ValueSpiderCrawl
 from kademlia.network import Server
 from kademlia.node import Node
 
-from p2pcache.net.dht import DHTNode
+from p2pcache.net.dht import RECEIVE_BUFFER_BYTES, DHTConfig, DHTNode, set_receive_buffer
 from p2pcache.net.identity import NodeIdentity
 from p2pcache.net.provider_record import decode_value, provider_key
 from tests.net.dht_network import (
@@ -19,6 +23,7 @@ from tests.net.dht_network import (
     FakeClock,
     dht_network,
     fresh_address,
+    open_raw_peer,
     start_node,
     with_config,
 )
@@ -136,6 +141,8 @@ async def test_a_node_without_bootstrap_peers_runs_alone():
         assert node.stats.routing_table_size == 0
         result = await node.find_providers(HASH)
         assert not result.found and result.queries == 0
+        assert not result.complete  # it asked nobody: it cannot say nobody has the item
+        assert node.stats.lookups[("providers", "incomplete")] == 1
     finally:
         await node.stop()
 
@@ -220,3 +227,142 @@ async def test_the_maintenance_task_re_announces_by_itself():
                 break
             await asyncio.sleep(0.01)
         assert nodes[3].storage.records(key)[0].record.issued == first + 50
+
+
+def find_value_datagram(sender: bytes, key: bytes) -> bytes:
+    return b"\x00" + os.urandom(20) + umsgpack.packb(["find_value", [sender, key]])
+
+
+def kernel_receive_buffer_cap() -> int:
+    return int(Path("/proc/sys/net/core/rmem_max").read_text())
+
+
+async def test_the_socket_asks_the_kernel_for_a_large_receive_buffer():
+    node = DHTNode(NodeIdentity.generate(), DHTConfig())
+    await node.start(fresh_address(), 0)
+    try:
+        sock = node._transport.get_extra_info("socket")
+        granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        # Linux doubles what it grants (bookkeeping overhead) and caps it at rmem_max.
+        assert granted >= 2 * min(RECEIVE_BUFFER_BYTES, kernel_receive_buffer_cap())
+        assert granted > 2 * 212_992  # more than the usual default, on any usual kernel
+    finally:
+        await node.stop()
+
+
+async def test_one_peers_guix_batch_of_lookups_is_answered_whole_with_the_shipped_limits():
+    """On a network under k nodes every lookup asks every node: one Guix batch of 1000
+    narinfo misses at a peer sends this node 1000 FIND_VALUEs at once. All are answered."""
+    node = DHTNode(NodeIdentity.generate(), DHTConfig())  # the shipped settings
+    await node.start(fresh_address(), 0)
+    asker, _ = await open_raw_peer()
+    set_receive_buffer(asker.transport, RECEIVE_BUFFER_BYTES)
+    # All at once, unless the kernel would not give the node a buffer that holds them.
+    paced = kernel_receive_buffer_cap() < RECEIVE_BUFFER_BYTES
+    try:
+        sender = os.urandom(20)
+        for n in range(1000):
+            asker.send(find_value_datagram(sender, os.urandom(20)), node.address)
+            if paced and n % 100 == 99:
+                await asyncio.sleep(0.005)
+        answered = 0
+        while await asker.reply(timeout=1.0) is not None:
+            answered += 1
+        assert node.stats.datagrams_dropped["rate_limited"] == 0
+        assert answered == 1000
+    finally:
+        asker.close()
+        await node.stop()
+
+
+async def test_the_shipped_limits_still_stop_a_flood_from_one_address():
+    config = DHTConfig()
+    node = DHTNode(NodeIdentity.generate(), config)
+    await node.start(fresh_address(), 0)
+    flooder, _ = await open_raw_peer()
+    try:
+        sender = os.urandom(20)
+        started = time.monotonic()
+        for n in range(6000):
+            flooder.send(find_value_datagram(sender, os.urandom(20)), node.address)
+            if n % 100 == 99:
+                await asyncio.sleep(0.002)  # within the socket buffers: only the limit drops
+        elapsed = time.monotonic() - started
+        await asyncio.sleep(0.2)
+        handled = node.stats.rpcs_received["find_value"]
+        dropped = node.stats.datagrams_dropped["rate_limited"]
+        assert handled + dropped == 6000
+        allowed = config.request_burst_per_ip + config.requests_per_second_per_ip * (elapsed + 0.2)
+        assert config.request_burst_per_ip <= handled <= allowed
+        assert dropped >= 6000 - allowed
+    finally:
+        flooder.close()
+        await node.stop()
+
+
+async def restart(node: DHTNode, address: tuple[str, int]) -> DHTNode:
+    """The same node (identity, address) started again after a stop, knowing nobody."""
+    again = DHTNode(node.identity, node.config)
+    await again.start(*address)
+    return again
+
+
+async def test_a_burst_of_timeouts_keeps_the_contacts_and_is_not_taken_for_absence():
+    async with dht_network(4) as nodes:
+        asker, peers = nodes[0], nodes[1:]
+        assert asker.stats.routing_table_size == 3
+        addresses = [p.address for p in peers]
+        for peer in peers:
+            await peer.stop()
+        # A batch of lookups while every peer is silent (or their replies were dropped).
+        results = await asyncio.gather(*(asker.find_providers(f"{n:032d}") for n in range(50)))
+        assert all(not r.found and not r.complete and r.unanswered for r in results)
+        assert asker.stats.lookups[("providers", "incomplete")] == 50
+        assert asker.stats.lookups[("providers", "not_found")] == 0
+        # The contacts are kept (stale for now): when the peers are back, so is the node.
+        assert asker.stats.routing_table_size == 3
+        assert asker.stats.contacts_evicted == 0
+        back = [await restart(p, a) for p, a in zip(peers, addresses, strict=True)]
+        try:
+            assert [b.address for b in back] == addresses
+            await back[0].announce([HASH], endpoint(back[0]))
+            result = await asker.find_providers(HASH)
+            assert result.found and result.complete
+            assert asker.protocol.live_contacts() >= 1
+        finally:
+            for node in back:
+                await node.stop()
+
+
+async def test_a_node_that_lost_every_contact_joins_again_through_its_bootstrap_peer():
+    # Contacts evicted at their first failure, so the table empties at once.
+    config = with_config(stale_after_failures=1, stale_seconds=0.0, rebootstrap_interval=0.5)
+    async with dht_network(3) as nodes:
+        asker = await start_node([nodes[1]], config)
+        try:
+            assert asker.stats.routing_table_size == 3
+            bootstrap_address = nodes[1].address
+            for node in nodes:
+                await node.stop()
+            result = await asker.find_providers(HASH)
+            assert not result.complete
+            assert asker.stats.routing_table_size == 0
+            assert asker.stats.contacts_evicted == 3
+            # The bootstrap peer is down too: the re-join fails, the lookup asks nobody.
+            result = await asker.find_providers(HASH)
+            assert not result.complete and result.queries == 0
+            assert asker.stats.rebootstraps == {"failed": 1}
+            bootstrap = await restart(nodes[1], bootstrap_address)
+            try:
+                await bootstrap.announce([HASH], endpoint(bootstrap))
+                # Within the re-join interval, no new attempt.
+                assert not (await asker.find_providers(HASH)).found
+                await asyncio.sleep(0.5)
+                result = await asker.find_providers(HASH)
+                assert result.found and result.complete
+                assert asker.stats.rebootstraps == {"failed": 1, "joined": 1}
+                assert asker.stats.routing_table_size == 1
+            finally:
+                await bootstrap.stop()
+        finally:
+            await asker.stop()

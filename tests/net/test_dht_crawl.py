@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from dataclasses import replace
 
 import nacl.signing
+import umsgpack
 from kademlia.node import Node
 
 from p2pcache.net.dht_crawl import CrawlConfig, Lookup
@@ -121,6 +123,33 @@ async def test_dead_nodes_delay_a_lookup_by_less_than_the_rpc_timeout():
         assert result.stalled >= 1
         assert result.seconds < timeout  # stalled queries do not hold the end
         assert result.complete
+
+
+async def test_a_slow_holder_of_the_only_record_is_waited_for_not_presumed_dead():
+    """A busy provider may answer after the stall time: while nothing is found, its answer
+    (or its RPC timeout) is awaited, so a slow reply is not turned into "nobody has it"."""
+    async with dht_network(2) as (seeker, fast):
+        slow, slow_address = await open_raw_peer()
+        delay = 0.15  # past the stall time (50 ms on loopback), within the 0.3 s RPC timeout
+
+        async def answer_late() -> None:
+            request, sender = await slow.received.get()
+            await asyncio.sleep(delay)
+            reply = umsgpack.packb({"value": encode_value([record(1)])})
+            slow.send(b"\x01" + request[1:21] + reply, sender)
+
+        answering = asyncio.create_task(answer_late())
+        try:
+            seeds = [Node(b"s" * 20, *slow_address), Node(fast.node_id, *fast.address)]
+            result = await Lookup(
+                seeker.protocol, KEY, crawl_config(seeker), kind=RecordKind.PROVIDER, seeds=seeds
+            ).run()
+            assert result.stalled == 1
+            assert result.found and result.complete
+            assert result.seconds >= delay
+        finally:
+            answering.cancel()
+            slow.close()
 
 
 async def test_a_lookup_of_only_silent_peers_ends_at_its_time_bound():

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import os
 import time
+from dataclasses import replace
 
 import nacl.signing
 import pytest
@@ -206,8 +207,9 @@ async def test_a_reply_from_another_address_is_ignored():
         node.transport.close()
 
 
-async def test_a_silent_peer_costs_the_configured_timeout_and_leaves_the_table():
-    node = await endpoint()
+async def test_a_silent_peer_costs_the_configured_timeout_and_stays_until_stale():
+    config = replace(CONFIG, stale_seconds=0.5)
+    node = await endpoint(config=config)
     silent, silent_address = await open_raw_peer()
     try:
         peer = Node(b"s" * 20, *silent_address)
@@ -217,10 +219,60 @@ async def test_a_silent_peer_costs_the_configured_timeout_and_leaves_the_table()
         elapsed = time.monotonic() - started
         assert not found.answered
         assert 0.25 <= elapsed < 0.6
-        assert node.router.size() == 0
         assert node.stats.rpc_timeouts == 1
+        # One silence (a dropped datagram, a busy peer) is not a dead peer (paper §4.1).
+        assert node.router.size() == 1 and node.live_contacts() == 1
+        # Nor is a burst of them at once: stale, but kept while nothing replaces it.
+        await asyncio.gather(*(node.query(peer, KEY, want_value=True) for _ in range(6)))
+        assert node.router.size() == 1 and node.live_contacts() == 0
+        assert node.stats.contacts_evicted == 0
+        # Still silent `stale_seconds` after it started failing: removed.
+        await asyncio.sleep(0.5)
+        await node.query(peer, KEY, want_value=True)
+        assert node.router.size() == 0 and node.stats.contacts_evicted == 1
     finally:
         silent.close()
+        node.transport.close()
+
+
+async def test_an_answer_makes_a_failing_contact_live_again():
+    node = await endpoint()
+    peer_node = await endpoint()
+    try:
+        peer = Node(peer_node.source_node.id, *address(peer_node))
+        node.router.add_contact(peer)
+        peer_node.transport.pause_reading()  # silent for a while
+        await asyncio.gather(*(node.query(peer, KEY, want_value=True) for _ in range(5)))
+        assert node.live_contacts() == 0
+        peer_node.transport.resume_reading()
+        found = await node.query(peer, KEY, want_value=True)
+        assert found.answered
+        assert node.live_contacts() == 1 and node.router.size() == 1
+    finally:
+        peer_node.transport.close()
+        node.transport.close()
+
+
+async def test_a_stale_contact_gives_its_place_to_a_waiting_replacement():
+    # k = 1 and ids far from our own: the second contact waits in the bucket's replacement
+    # cache (paper §2.2), and takes the place of the first once it is stale (paper §4.1).
+    node = await endpoint(bytes(20), replace(CONFIG, ksize=1))
+    silent, silent_address = await open_raw_peer()
+    waiting, waiting_address = await open_raw_peer()
+    try:
+        first = Node(b"\xff" * 19 + b"\x01", *silent_address)
+        second = Node(b"\xff" * 19 + b"\x02", *waiting_address)
+        assert node.router.add_contact(first)
+        assert not node.router.add_contact(second)  # cached as a replacement; `first` pinged
+        await asyncio.gather(*(node.query(first, KEY, want_value=True) for _ in range(3)))
+        assert node.stats.rpc_timeouts == 4  # the ping and three queries
+        assert [c.id for c in node.router.contacts()] == [first.id]
+        await node.query(first, KEY, want_value=True)  # the fifth in a row: stale
+        assert [c.id for c in node.router.contacts()] == [second.id]
+        assert node.stats.contacts_evicted == 1
+    finally:
+        silent.close()
+        waiting.close()
         node.transport.close()
 
 
@@ -265,7 +317,8 @@ async def test_a_garbage_reply_counts_as_no_reply():
         liar.send(b"\x01" + datagram[1:21] + umsgpack.packb({"value": [1, 2, 3]}), address(node))
         found = await query
         assert not found.answered
-        assert node.router.size() == 0
+        assert node.stats.rpc_timeouts == 1  # counted against the contact, as silence is
+        assert node.router.size() == 1  # which stays until stale
     finally:
         liar.close()
         node.transport.close()
