@@ -70,11 +70,21 @@ def test_flags_override_the_file(tmp_path):
         ({"logging": {"format": "xml"}}, "logging.format"),
         ({"node": {"host_name": "a;b"}}, "node.host_name"),
         ({"node": {"colour": "blue"}}, "node.colour"),
+        ({"builder": {"guix": ""}}, "builder.guix"),
+        ({"builder": {"guix": " guix"}}, "builder.guix"),
+        ({"builder": {"guix": 1}}, "builder.guix"),
+        ({"builder": {"check_timeout": 0}}, "builder.check_timeout"),
     ],
 )
 def test_bad_values_name_their_key(document, key):
     with pytest.raises(ConfigError, match=rf"^{key}: "):
         config_from_mapping(document)
+
+
+def test_the_guix_command_and_check_timeout():
+    config = config_from_mapping({"builder": {"guix": "/opt/guix/bin/guix", "check_timeout": 60}})
+    assert config.guix_command == "/opt/guix/bin/guix" and config.check_timeout == 60.0
+    assert Config().guix_command == "guix" and Config().check_timeout == 4 * 3600
 
 
 def test_unreadable_and_invalid_files(tmp_path):

@@ -152,6 +152,10 @@
   ;; [builder]
   (build-log-directory p2pcache-configuration-build-log-directory ;string; what
                        (default "/var/log/guix"))     ;`p2pcache attest' takes as evidence
+  (guix-command  p2pcache-configuration-guix-command      ;string; what `p2pcache
+                 (default "guix"))                        ;attest --check' rebuilds with
+  (check-timeout p2pcache-configuration-check-timeout     ;seconds, per rebuild
+                 (default 14400))
   ;; [admin]
   (admin-listen  p2pcache-configuration-admin-listen      ;"HOST:PORT"
                  (default "127.0.0.1:8082"))
@@ -211,6 +215,8 @@
     ("trust" "attestation_timeout" ,p2pcache-configuration-attestation-timeout number)
     ("lan" "advertise" ,p2pcache-configuration-lan-advertise? boolean)
     ("builder" "build_log_dir" ,p2pcache-configuration-build-log-directory string)
+    ("builder" "guix" ,p2pcache-configuration-guix-command string)
+    ("builder" "check_timeout" ,p2pcache-configuration-check-timeout number)
     ("admin" "listen" ,p2pcache-configuration-admin-listen string)
     ("admin" "metrics_listen" ,p2pcache-configuration-metrics-listen optional-string)
     ("cache" "max_size" ,p2pcache-configuration-cache-max-size size)
