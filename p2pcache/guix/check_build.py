@@ -149,14 +149,17 @@ async def run_check_build(
     (it only lists the output paths).
     """
     started = time.monotonic()
-    process = await asyncio.create_subprocess_exec(
-        *command,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,
-        limit=MAX_LINE,
-    )
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *command,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+            limit=MAX_LINE,
+        )
+    except OSError as e:
+        raise GuixNotFoundError(f"cannot run {command[0]}: {e.strerror}") from None
     tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
     assert process.stdout is not None and process.stderr is not None
     stderr, stdout = process.stderr, process.stdout
@@ -186,6 +189,13 @@ async def run_check_build(
     except TimeoutError:
         await _stop(process, kill_grace)
         exit_status = None
+    except BaseException:
+        # Interrupted (Ctrl-C, cancelled): guix runs in its own session, so it would not get
+        # the terminal's SIGINT and would go on rebuilding; stop it before giving up.
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+        raise
     return CheckResult(
         classify(exit_status, tail), exit_status, time.monotonic() - started, tuple(tail)
     )

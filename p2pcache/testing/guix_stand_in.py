@@ -17,7 +17,7 @@ guix/ui.scm, nix/libstore/build.cc of Guix):
 
 It accepts exactly the arguments `p2pcache attest --check` passes and exits with status 2
 ("unexpected arguments") on anything else, so a wrong command line fails a test. Each call
-is appended to `calls.jsonl` next to it (arguments, start and end times), so a test can see
+is appended to `calls.jsonl` next to it (arguments, start and end times, pid), so a test can see
 what was run, and that the runs did not overlap.
 """
 
@@ -30,7 +30,7 @@ from pathlib import Path
 MODES = ("reproduce", "differ", "fail", "hang", "hang-hard", "rewrite-db")
 
 _SCRIPT = r"""
-import json, signal, sqlite3, sys, time
+import json, os, signal, sqlite3, sys, time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -40,7 +40,8 @@ started = time.time()
 
 def record():
     with open(HERE / "calls.jsonl", "a") as f:
-        f.write(json.dumps({"args": args, "start": started, "end": time.time()}) + "\n")
+        call = {"args": args, "start": started, "end": time.time(), "pid": os.getpid()}
+        f.write(json.dumps(call) + "\n")
 
 ok = (
     len(args) == 6

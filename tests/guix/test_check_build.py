@@ -8,9 +8,11 @@ Guix's sources say `guix build --check` does: exit 0 when the rebuild reproduced
 exit 1 with "may not be deterministic" on stderr when one differs, exit 1 on any other error.
 """
 
+import asyncio
 import os
 import stat
 import time
+from pathlib import Path
 
 import pytest
 
@@ -179,3 +181,38 @@ async def test_an_overlong_stderr_line_is_cut_not_fatal(tmp_path):
     assert result.verdict is CheckVerdict.FAILED and result.exit_status == 1
     assert relayed[-1] == "guix build: error: done"
     assert all(len(line) <= 64 * 1024 for line in relayed)
+
+
+def is_gone(pid):
+    """Exited: no such process, or a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+async def test_an_interrupted_check_stops_guix(tmp_path):
+    """guix runs in its own session (no terminal SIGINT reaches it): we must stop it."""
+    script = stand_in(tmp_path, "hang-hard")
+    task = asyncio.create_task(run(script, timeout=60.0))
+    for _ in range(200):
+        if stand_in_calls(script):
+            break
+        await asyncio.sleep(0.05)
+    (call,) = stand_in_calls(script)
+    assert not is_gone(call["pid"])
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(100):
+        if is_gone(call["pid"]):
+            break
+        await asyncio.sleep(0.05)
+    assert is_gone(call["pid"])
+
+
+async def test_a_guix_that_cannot_be_run_is_a_clear_error(tmp_path):
+    plain = tmp_path / "guix"
+    plain.write_text("#!/bin/sh\n")  # not executable
+    with pytest.raises(GuixNotFoundError, match=f"cannot run {plain}: Permission denied"):
+        await run_check_build([str(plain), "build"], 10, print)
