@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pcache.errors import P2PCacheError
+from p2pcache.guix.check_build import DEFAULT_CHECK_TIMEOUT, DEFAULT_GUIX_COMMAND
 from p2pcache.guix.store_path import DEFAULT_STORE_DIR, check_store_dir
 from p2pcache.paths import default_data_dir
 from p2pcache.trust.build_log import DEFAULT_BUILD_LOG_DIR
@@ -128,6 +129,8 @@ class Config:
     db_poll_interval: float = 10.0
 
     build_log_dir: Path = DEFAULT_BUILD_LOG_DIR
+    guix_command: str = DEFAULT_GUIX_COMMAND
+    check_timeout: float = DEFAULT_CHECK_TIMEOUT
     builder_witnesses: tuple[str, ...] = ()
     cosignature_interval: float = 60.0
 
@@ -157,6 +160,13 @@ def _path(value: Any) -> Path:
     if not isinstance(value, str) or not value:
         raise ValueError(f"expected a path, got {value!r}")
     return Path(value).expanduser()
+
+
+def _command(value: Any) -> str:
+    """A program name looked up on PATH, or a path to it (no arguments, no shell)."""
+    if not isinstance(value, str) or not value.strip() or value != value.strip() or "\0" in value:
+        raise ValueError(f"expected a command name or path, got {value!r}")
+    return value
 
 
 def _optional_path(value: Any) -> Path | None:
@@ -311,6 +321,8 @@ OPTIONS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "cache.zstd_level": ("zstd_level", _int_range(1, 19)),
     "cache.zstd_threads": ("zstd_threads", _int_range(0, 256)),
     "builder.build_log_dir": ("build_log_dir", _path),
+    "builder.guix": ("guix_command", _command),
+    "builder.check_timeout": ("check_timeout", _seconds),
     "builder.witnesses": ("builder_witnesses", _url_list),
     "builder.cosignature_interval": ("cosignature_interval", _seconds),
     "witness.enabled": ("witness_enabled", _bool),

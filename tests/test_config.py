@@ -81,6 +81,10 @@ def test_flags_override_the_file(tmp_path):
         ({"trust": {"gossip_builders": "ab" * 32}}, "trust.gossip_builders"),
         ({"dht": {"requests_per_second_per_ip": 0}}, "dht.requests_per_second_per_ip"),
         ({"dht": {"request_burst_per_ip": 0.5}}, "dht.request_burst_per_ip"),
+        ({"builder": {"guix": ""}}, "builder.guix"),
+        ({"builder": {"guix": " guix"}}, "builder.guix"),
+        ({"builder": {"guix": 1}}, "builder.guix"),
+        ({"builder": {"check_timeout": 0}}, "builder.check_timeout"),
     ],
 )
 def test_bad_values_name_their_key(document, key):
@@ -97,6 +101,12 @@ def test_dht_rate_limits_are_options_with_the_dht_defaults():
     document = {"dht": {"requests_per_second_per_ip": 50, "request_burst_per_ip": 80}}
     config = config_from_mapping(document)
     assert (config.dht_requests_per_second_per_ip, config.dht_request_burst_per_ip) == (50, 80)
+
+
+def test_the_guix_command_and_check_timeout():
+    config = config_from_mapping({"builder": {"guix": "/opt/guix/bin/guix", "check_timeout": 60}})
+    assert config.guix_command == "/opt/guix/bin/guix" and config.check_timeout == 60.0
+    assert Config().guix_command == "guix" and Config().check_timeout == 4 * 3600
 
 
 def test_unreadable_and_invalid_files(tmp_path):

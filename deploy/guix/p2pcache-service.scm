@@ -166,6 +166,10 @@
   ;; [builder]
   (build-log-directory p2pcache-configuration-build-log-directory ;string; what
                        (default "/var/log/guix"))     ;`p2pcache attest' takes as evidence
+  (guix-command  p2pcache-configuration-guix-command      ;string; what `p2pcache
+                 (default "guix"))                        ;attest --check' rebuilds with
+  (check-timeout p2pcache-configuration-check-timeout     ;seconds, per rebuild
+                 (default 14400))
   (builder-witnesses p2pcache-configuration-builder-witnesses ;list of witness peer URLs
                      (default '()))
   (cosignature-interval p2pcache-configuration-cosignature-interval ;seconds
@@ -244,6 +248,8 @@
     ("trust" "gossip_builders" ,p2pcache-configuration-gossip-builders strings)
     ("lan" "advertise" ,p2pcache-configuration-lan-advertise? boolean)
     ("builder" "build_log_dir" ,p2pcache-configuration-build-log-directory string)
+    ("builder" "guix" ,p2pcache-configuration-guix-command string)
+    ("builder" "check_timeout" ,p2pcache-configuration-check-timeout number)
     ("builder" "witnesses" ,p2pcache-configuration-builder-witnesses strings)
     ("builder" "cosignature_interval" ,p2pcache-configuration-cosignature-interval number)
     ("witness" "enabled" ,p2pcache-configuration-witness? boolean)

@@ -5,6 +5,11 @@ saying why, and the exit status is 1; `--force` attests them anyway, marked `for
 `--all`, items without a build log are the ones this machine substituted: they are skipped
 (counted in the summary), never attested, and `--force` is refused (it would attest them all).
 Items not yet in the cache are baked first (the chunk root comes from the cache).
+
+With `--check`, the evidence is a rebuild here instead: each named item's derivation is rebuilt
+with `guix build --check` (one at a time, each bounded by `builder.check_timeout`, guix's
+output relayed on stderr), and only items whose rebuild reproduced them are attested, with
+evidence `check`; the others are refused, each with the reason, and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from p2pcache.cli.options import add_node_options, config_from_args
 from p2pcache.cli.publish import publish, select_store_items
 from p2pcache.config import Config
 from p2pcache.errors import P2PCacheError
+from p2pcache.guix.check_build import resolve_guix
 from p2pcache.guix.store_db import GuixStoreDatabase, StoreItemInfo
 from p2pcache.logs import configure_logging
 from p2pcache.net.identity import load_or_create_identity
@@ -32,6 +38,7 @@ from p2pcache.trust.attester import (
     Refusal,
 )
 from p2pcache.trust.builder_log import BuilderLog, hash_part_of
+from p2pcache.trust.check_evidence import CheckEvidence, CheckSettings
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Sign, with this node's identity key, an attestation for each item built "
         "on this machine (evidence: the build log guix-daemon kept for its derivation), "
         "append it to this node's transparency log and sign a new checkpoint. Items already "
-        "attested are left as they are. Exit status 1 if a named item was refused.",
+        "attested are left as they are. With --check, the evidence is instead a rebuild "
+        "here with `guix build --check` that reproduced the item. Exit status 1 if a named "
+        "item was refused.",
     )
     add_node_options(p)
     p.add_argument(
@@ -57,6 +66,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="attest named items without a build log too, marked 'forced'",
     )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="rebuild each named item with `guix build --check` and attest only those it "
+        "reproduced (evidence 'check'), whether or not a build log exists",
+    )
+    p.add_argument(
+        "--check-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="how long one rebuild may take (builder.check_timeout, default 4 hours)",
+    )
+    p.add_argument("--guix", metavar="COMMAND", help="the guix command (builder.guix)")
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--all", action="store_true", help="every item built on this machine")
     group.add_argument("paths", nargs="*", default=[], metavar="STORE-PATH")
@@ -69,24 +91,63 @@ def run_attest(args: argparse.Namespace) -> int:
             "--force applies to named store paths only: with --all it would attest every "
             "item this machine substituted"
         )
-    config = config_from_args(args, **{"builder.build_log_dir": args.build_log_dir})
+    if args.check and args.all:
+        raise P2PCacheError(
+            "--check applies to named store paths only: with --all it would rebuild the whole store"
+        )
+    if args.check and args.force:
+        raise P2PCacheError(
+            "--check and --force do not go together: --check attests only what its rebuild "
+            "reproduced, --force what has no evidence at all"
+        )
+    config = config_from_args(
+        args,
+        **{
+            "builder.build_log_dir": args.build_log_dir,
+            "builder.guix": args.guix,
+            "builder.check_timeout": args.check_timeout,
+        },
+    )
     configure_logging(config.log_level, config.log_format)
-    return asyncio.run(attest(config, args.paths, everything=args.all, force=args.force))
+    check = None
+    if args.check:
+        check = CheckSettings(resolve_guix(config.guix_command), config.check_timeout)
+    return asyncio.run(
+        attest(config, args.paths, everything=args.all, force=args.force, check=check)
+    )
+
+
+def _relay(line: str) -> None:
+    print(f"  guix: {line}", file=sys.stderr, flush=True)
+
+
+def _announce(line: str) -> None:
+    print(f"p2pcache: {line}", file=sys.stderr, flush=True)
 
 
 async def _plan(
-    attester: Attester, db: GuixStoreDatabase, named: list[StoreItemInfo] | None
-) -> list[Plan]:
-    """Named items, or with --all every item that has evidence of a local build."""
+    attester: Attester,
+    db: GuixStoreDatabase,
+    named: list[StoreItemInfo] | None,
+    check: CheckSettings | None,
+) -> tuple[list[Plan], list[AttestOutcome]]:
+    """Named items, or with --all every item that has evidence of a local build; with a check,
+    the named items whose rebuild reproduced them, and a refusal for each of the others."""
+    if check is not None:
+        assert named is not None
+        checker = CheckEvidence(check, db, relay=_relay, announce=_announce)
+        results = await checker.plan_all(named)
+        plans = [r for r in results if isinstance(r, Plan)]
+        return plans, [r for r in results if isinstance(r, AttestOutcome)]
     if named is not None:
-        return [await attester.plan(info) for info in named]
+        return [await attester.plan(info) for info in named], []
     plans = []
     async for batch in db.iter_valid_paths():
         for info in batch:
             plan = await attester.plan(info)
             if plan.evidence is not None:
                 plans.append(plan)
-    return plans
+    return plans, []
 
 
 async def _unbaked(config: Config, plans: list[Plan], force: bool) -> list[str]:
@@ -99,7 +160,14 @@ async def _unbaked(config: Config, plans: list[Plan], force: bool) -> list[str]:
         ]
 
 
-async def attest(config: Config, paths: list[str], *, everything: bool, force: bool) -> int:
+async def attest(
+    config: Config,
+    paths: list[str],
+    *,
+    everything: bool,
+    force: bool,
+    check: CheckSettings | None = None,
+) -> int:
     settings = AttestSettings(config.store_dir, config.store_root, config.build_log_dir)
     db = GuixStoreDatabase(config.db, store_dir=config.store_dir)
     await db.open()
@@ -109,7 +177,7 @@ async def attest(config: Config, paths: list[str], *, everything: bool, force: b
         with BuilderLog.open(config.data_dir, identity.signing_key) as builder_log:
             index = CacheIndex(config.data_dir / "index.sqlite")
             attester = Attester(settings, db, index, builder_log, identity.signing_key)
-            plans = await _plan(attester, db, named)
+            plans, refusals = await _plan(attester, db, named, check)
             total = await db.count() if everything else len(paths)
             to_bake = await _unbaked(config, plans, force)
             if to_bake:
@@ -117,7 +185,7 @@ async def attest(config: Config, paths: list[str], *, everything: bool, force: b
                 await publish(config, to_bake, everything=False)
             await index.open()
             try:
-                outcomes = await _attest_all(attester, plans, force)
+                outcomes = refusals + await _attest_all(attester, plans, force)
             finally:
                 await index.close()
             checkpoint = builder_log.bundles.latest_own_checkpoint()

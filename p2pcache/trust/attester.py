@@ -8,6 +8,8 @@ For each chosen store item (protocol/attestation.md §2):
    `log-file` does) with a build log gives evidence `build-log`. Without one the item is
    refused, unless the operator forces it: then its evidence is `forced`, for all to see. A
    node that only substituted an item would merely echo the upstream, so it never attests it.
+   With `--check` the evidence is instead a rebuild here that reproduced the item
+   (check_evidence.py, evidence `check`).
 2. Facts. NarHash, NarSize, references and deriver come from the Guix database (what the
    daemon recorded when it registered the build); the system from the derivation that was
    built; the chunk root from the item's chunk table in the cache (so the item must be baked:
@@ -55,6 +57,14 @@ class Refusal(enum.StrEnum):
     HASH_MISMATCH = "hash-mismatch"
     NO_SYSTEM = "no-system"
     NO_SIZE = "no-size"
+    NO_DERIVATION = "no-derivation"
+    """--check: no valid derivation to rebuild it from."""
+    NOT_REPRODUCED = "not-reproduced"
+    """--check: the rebuild gave different bits."""
+    CHECK_FAILED = "check-failed"
+    CHECK_TIMED_OUT = "check-timed-out"
+    HASH_CHANGED = "hash-changed"
+    """--check: the Guix database's NarHash for the item changed while it was rebuilt."""
 
 
 @dataclass(frozen=True, slots=True)
