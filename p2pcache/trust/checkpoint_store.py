@@ -30,18 +30,17 @@ from __future__ import annotations
 
 import base64
 import enum
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 from p2pcache.errors import P2PCacheError
 from p2pcache.trust.checkpoint import VerifiedCheckpoint
 from p2pcache.trust.merkle_hash import EMPTY_ROOT
 from p2pcache.trust.merkle_proof import ProofError, verify_consistency
+from p2pcache.trust.sqlite_file import ClosesOnExit, open_durable
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS builders (
@@ -142,35 +141,17 @@ _CONSISTENT = frozenset(
 )
 
 
-class CheckpointStore:
+class CheckpointStore(ClosesOnExit):
     """Per-log newest checkpoint, history and fork evidence, in one SQLite file."""
 
     def __init__(self, path: str | Path, *, now: Callable[[], float] = time.time) -> None:
         self._now = now
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-        except BaseException:
-            self._db.close()
-            raise
+        self._db = open_durable(path, _SCHEMA)
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-    def __enter__(self) -> CheckpointStore:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def latest(self, origin: str) -> StoredCheckpoint | None:
         """The newest checkpoint accepted for `origin`, if any."""

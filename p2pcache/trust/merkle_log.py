@@ -32,17 +32,16 @@ thread, and a lock serializes calls made from several threads.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from types import TracebackType
 
 import nacl.signing
 
 from p2pcache.errors import P2PCacheError
 from p2pcache.trust.checkpoint import MAX_TREE_SIZE, Checkpoint, check_origin, sign_checkpoint
 from p2pcache.trust.merkle_hash import EMPTY_ROOT, leaf_hash, node_hash
+from p2pcache.trust.sqlite_file import ClosesOnExit, open_durable
 
 FORMAT_VERSION = "1"
 
@@ -75,7 +74,7 @@ Subtree = tuple[int, int]
 """A complete subtree: (level, index); it covers leaves [index * 2**level, (index+1) * 2**level)."""
 
 
-class MerkleLog:
+class MerkleLog(ClosesOnExit):
     """An append-only RFC 9162 Merkle log of opaque leaves in a SQLite file.
 
     `origin` names the log in its checkpoints (a builder's is `builder_origin(its key)`); a
@@ -89,13 +88,10 @@ class MerkleLog:
         self._origin = origin
         self._max_leaf_size = max_leaf_size
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db = open_durable(path, _SCHEMA)
         self.nodes_read = 0
         """Subtree hashes read from storage since the log was opened (for tests and metrics)."""
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
             self._claim_origin(origin)
             self._border = self._load_border()
         except BaseException:
@@ -115,17 +111,6 @@ class MerkleLog:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-    def __enter__(self) -> MerkleLog:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def append(self, leaf_data: bytes) -> int:
         """Append one leaf, commit, and return its index. O(log n) hashing, no reads."""
