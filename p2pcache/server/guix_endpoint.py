@@ -97,8 +97,9 @@ class GuixEndpoint:
         self.on_missing_file = on_missing_file
         self.remote_stream = remote_stream
         self.executor = executor
-        # Pre-rendered narinfos by request path ("/<hash>.narinfo"), oldest first.
-        self._hot: OrderedDict[str, RawResponse] = OrderedDict()
+        # Pre-rendered narinfos by request target (b"/<hash>.narinfo"), oldest first. Bytes,
+        # so that the server's fast path can look a target up before it makes a Request.
+        self._hot: OrderedDict[bytes, RawResponse] = OrderedDict()
         self.accessed = AccessLog()
         self._lookups = metrics.narinfo_lookups
         ttl = settings.narinfo_ttl
@@ -136,9 +137,16 @@ class GuixEndpoint:
 
     # -- dispatch -----------------------------------------------------------------------------
 
+    def hot_answer(self, target: bytes) -> RawResponse | None:
+        """The server's FastAnswer: a pre-rendered narinfo by raw request target, or None."""
+        hot = self._hot.get(target)
+        if hot is not None:
+            self._lookups.hits += 1
+        return hot
+
     def handle(self, request) -> AnyResponse | Awaitable[AnyResponse]:
         path: str = request.path
-        hot = self._hot.get(path)
+        hot = self._hot.get(path.encode())
         if hot is not None:
             # The hot path: a pre-rendered narinfo, found by its request path.
             self._lookups.hits += 1
@@ -205,11 +213,11 @@ class GuixEndpoint:
             # Drop the oldest entry: a cheap FIFO bound. (An OrderedDict, because deleting the
             # first key of a plain dict again and again makes finding the first key slow.)
             hot.popitem(last=False)
-        hot[f"/{hash_part}.narinfo"] = response
+        hot[b"/%s.narinfo" % hash_part.encode()] = response
 
     def forget(self, hash_part: str) -> None:
         """Drop a pre-rendered narinfo (the item was baked, evicted or found corrupt)."""
-        self._hot.pop(f"/{hash_part}.narinfo", None)
+        self._hot.pop(b"/%s.narinfo" % hash_part.encode(), None)
 
     # -- NARs ---------------------------------------------------------------------------------
 

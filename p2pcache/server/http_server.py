@@ -179,6 +179,11 @@ def _request_factory() -> Callable[[str, bytes, str, bool, RequestHeaders], Requ
 _new_request = _request_factory()
 
 Handler = Callable[[Request], AnyResponse | Awaitable[AnyResponse]]
+# An optional pre-lookup for the fast path: a plain GET whose target needs no decoding (so the
+# target is the path) is first offered to it by its raw target; a RawResponse it returns is
+# the answer, None hands the request to the Handler as usual. It must answer exactly what the
+# handler would, and must not raise.
+FastAnswer = Callable[[bytes], RawResponse | None]
 # Called once per finished response: (label, status, seconds from parsed to written, bytes).
 Observer = Callable[[str, int, float, int], None]
 
@@ -289,10 +294,12 @@ class HTTPServer:
         handler: Handler,
         limits: ServerLimits | None = None,
         observer: Observer | None = None,
+        fast_answer: FastAnswer | None = None,
     ) -> None:
         self.limits = limits or ServerLimits()
         self._handler = handler
         self._observer = observer
+        self._fast_answer = fast_answer
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -420,6 +427,7 @@ class _Connection(asyncio.Protocol):
         self._max_head_size = server.limits.max_head_size
         self._handler = server._handler
         self._observer = server._observer
+        self._fast_answer = server._fast_answer
         self._loop = asyncio.get_running_loop()
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport = None  # type: ignore[assignment]  # set at once
@@ -601,6 +609,8 @@ class _Connection(asyncio.Protocol):
         ):
             # The common case, kept cheap: HTTP/1.1, nothing waiting to be written, a path
             # with nothing to decode (httptools let only visible ASCII through).
+            if method == "GET" and self._fast_answer is not None and self._answer_fast(target):
+                return
             path = target.decode("ascii")
             self._answer_now(_new_request(method, target, path, True, tuple(self._headers)))
         else:
@@ -676,6 +686,34 @@ class _Connection(asyncio.Protocol):
         if len(out) >= _WRITE_BATCH:
             self._transport.writelines(out)
             out.clear()
+
+    def _answer_fast(self, target: bytes) -> bool:
+        """The fastest path: a ready answer found by raw target, no Request object made.
+
+        Measured 2026-11-25 (hot narinfos, one request per read): building the Request and
+        calling the handler cost about 0.6 of the server's 3 us of Python per request.
+        """
+        observer = self._observer
+        if observer is None:
+            response = self._fast_answer(target)  # type: ignore[misc]
+            if response is None:
+                return False
+            self._out.append(response.data)
+        else:
+            started = time.perf_counter()
+            response = self._fast_answer(target)  # type: ignore[misc]
+            if response is None:
+                return False
+            data = response.data
+            self._out.append(data)
+            try:
+                observer(response.label, response.status, time.perf_counter() - started, len(data))
+            except Exception:
+                logger.exception("the response observer failed")
+        if len(self._out) >= _WRITE_BATCH:
+            self._transport.writelines(self._out)
+            self._out.clear()
+        return True
 
     def _enqueue(self, entry: _Exchange) -> None:
         if self._observer is not None:
