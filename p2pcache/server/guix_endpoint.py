@@ -25,11 +25,11 @@ from pathlib import Path
 from p2pcache.cache.access_log import AccessLog
 from p2pcache.cache.chunk_table import decode_chunk_table
 from p2pcache.cache.chunked_zstd import iter_decompressed
-from p2pcache.cache.index import CacheIndex, IndexedItem, Origin, State
+from p2pcache.cache.index import CacheIndex, IndexedItem, NarinfoFields, Origin, State
 from p2pcache.cache.nar_store import NarStore, NarStoreError
 from p2pcache.errors import P2PCacheError
 from p2pcache.guix.nar import NarHasher, iter_nar
-from p2pcache.guix.narinfo import NarURL, nar_url, render_url_groups
+from p2pcache.guix.narinfo import render_own_url_groups
 from p2pcache.metrics import NodeMetrics
 from p2pcache.server.http_response import (
     AnyResponse,
@@ -52,6 +52,9 @@ _NARINFO_PATH = re.compile(rf"/([{_NIX32}]{{32}})\.narinfo\Z")
 _NAR_PATH = re.compile(rf"/nar/(?:(zstd)/)?([{_NIX32}]{{32}})-([A-Za-z0-9+\-._?=]{{1,211}})\Z")
 
 Resolver = Callable[[str], Awaitable[IndexedItem | None]]
+
+# State values as stored (plain strings compare faster than through the enum).
+_BAKED, _CORRUPT = State.BAKED.value, State.CORRUPT.value
 
 
 class StoreItemChanged(P2PCacheError):
@@ -172,12 +175,18 @@ class GuixEndpoint:
     # -- narinfo ------------------------------------------------------------------------------
 
     def narinfo(self, hash_part: str) -> AnyResponse | Awaitable[AnyResponse]:
-        item = self.index.get(hash_part)
-        if item is not None and item.state is not State.CORRUPT:
-            self._lookups.hits += 1
-            return self._narinfo_response(item)
+        fields = self.index.narinfo_fields(hash_part)
+        if fields is not None and fields.state != _CORRUPT:
+            if fields.signed_part is not None and fields.signature is not None:
+                self._lookups.hits += 1
+                return self._render_narinfo(fields)
+            item = self.index.get(hash_part)  # rare: an item this node has not signed yet
+            if item is not None and item.state is not State.CORRUPT:
+                self._lookups.hits += 1
+                return self._narinfo_response(item)
+            fields = None if item is None else fields
         self._lookups.misses += 1
-        if self.resolve_miss is None or (item is not None and item.state is State.CORRUPT):
+        if self.resolve_miss is None or fields is not None:  # unknown, or known corrupt
             return self._not_found_narinfo
         return self._resolve(hash_part)
 
@@ -195,14 +204,35 @@ class GuixEndpoint:
     def _narinfo_response(self, item: IndexedItem) -> RawResponse:
         if item.signed_part is None or item.signature is None:
             item = self.sign_item(item)
-        groups = []
-        if item.is_baked and item.file_size is not None:
-            groups.append(NarURL(nar_url(item.basename, "zstd"), "zstd", item.file_size))
-        groups.append(NarURL(nar_url(item.basename, "none"), "none", item.nar_size))
-        body = item.signed_part + item.signature + render_url_groups(groups)
+        assert item.signed_part is not None and item.signature is not None
+        return self._render_narinfo(
+            NarinfoFields(
+                item.hash_part,
+                item.store_path,
+                item.nar_size,
+                item.state,
+                item.nar_file,
+                item.file_size,
+                item.signed_part,
+                item.signature,
+            )
+        )
+
+    def _render_narinfo(self, fields: NarinfoFields) -> RawResponse:
+        """The 200 for a signed item, remembered as hot."""
+        baked = fields.state == _BAKED and fields.nar_file is not None
+        body = (
+            fields.signed_part  # type: ignore[operator]
+            + fields.signature
+            + render_own_url_groups(
+                fields.store_path.rsplit("/", 1)[-1],
+                fields.nar_size,
+                fields.file_size if baked else None,
+            )
+        )
         head = self._narinfo_head % len(body)
         response = RawResponse(head + body, len(head), 200, "narinfo")
-        self.remember(item.hash_part, response)
+        self.remember(fields.hash_part, response)
         return response
 
     def remember(self, hash_part: str, response: RawResponse) -> None:

@@ -142,6 +142,23 @@ async def test_hashes_sharing_the_row_key_are_both_kept(index):
     assert index.get(first).hash_part == first
     assert index.get(second).hash_part == second
     assert index.get("abcdfghijklm" + "2" * 20) is None
+    assert index.narinfo_fields(first).hash_part == first
+    assert index.narinfo_fields(second).hash_part == second
+    assert index.narinfo_fields("abcdfghijklm" + "2" * 20) is None
+
+
+async def test_narinfo_fields_are_the_items_columns_as_stored(index):
+    await index.add_items([new_item(HASH_A)])
+    fields = index.narinfo_fields(HASH_A)
+    assert fields == (HASH_A, f"/gnu/store/{HASH_A}-x", 1234, "unbaked", None, None, None, None)
+    await index.set_signature(HASH_A, b"StorePath: x\n", b"Signature: 1;h;x\n")
+    await index.mark_baked(HASH_A, "aa/x.zst", 99, b"table", b"r" * 32)
+    fields = index.narinfo_fields(HASH_A)
+    item = index.get(HASH_A)
+    assert fields.state == State.BAKED and (fields.nar_file, fields.file_size) == ("aa/x.zst", 99)
+    assert (fields.signed_part, fields.signature) == (item.signed_part, item.signature)
+    assert (fields.store_path, fields.nar_size) == (item.store_path, item.nar_size)
+    assert index.narinfo_fields(HASH_B) is None
 
 
 async def test_a_cancelled_writer_leaves_no_transaction_open(index):
