@@ -172,7 +172,7 @@ class Node:
         self.endpoint.resolve_miss = self._resolve_miss
         self.endpoint.remote_stream = self.network.stream_item
         self.http = HTTPServer(
-            self.endpoint.handle, limits, self.metrics.requests.observe, self.endpoint.hot_answer
+            self.endpoint.handle, limits, self.metrics.requests.observe, self.endpoint.fast_answer
         )
         await self.http.start(config.listen.host, config.listen.port)
         http = self.http

@@ -49,6 +49,7 @@ ZSTD_TYPE = "application/zstd"
 
 _NIX32 = "0-9a-df-np-sv-z"
 _NARINFO_PATH = re.compile(rf"/([{_NIX32}]{{32}})\.narinfo\Z")
+_NARINFO_TARGET = re.compile(rf"/([{_NIX32}]{{32}})\.narinfo\Z".encode())
 _NAR_PATH = re.compile(rf"/nar/(?:(zstd)/)?([{_NIX32}]{{32}})-([A-Za-z0-9+\-._?=]{{1,211}})\Z")
 
 Resolver = Callable[[str], Awaitable[IndexedItem | None]]
@@ -140,12 +141,30 @@ class GuixEndpoint:
 
     # -- dispatch -----------------------------------------------------------------------------
 
-    def hot_answer(self, target: bytes) -> RawResponse | None:
-        """The server's FastAnswer: a pre-rendered narinfo by raw request target, or None."""
+    def fast_answer(self, target: bytes) -> RawResponse | None:
+        """The server's FastAnswer: a narinfo hit by raw request target, or None.
+
+        A pre-rendered narinfo, else a signed item read from the index; everything else (a
+        miss, an item to sign, a corrupt one, any other route) is None, and the handler then
+        answers the request as usual (and counts the miss).
+        """
         hot = self._hot.get(target)
         if hot is not None:
             self._lookups.hits += 1
-        return hot
+            return hot
+        match = _NARINFO_TARGET.match(target)
+        if match is None:
+            return None
+        fields = self.index.narinfo_fields(match.group(1).decode())
+        if (
+            fields is None
+            or fields.state == _CORRUPT
+            or fields.signed_part is None
+            or fields.signature is None
+        ):
+            return None
+        self._lookups.hits += 1
+        return self._render_narinfo(fields)
 
     def handle(self, request) -> AnyResponse | Awaitable[AnyResponse]:
         path: str = request.path

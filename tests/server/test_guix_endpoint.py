@@ -79,16 +79,40 @@ async def test_a_signed_item_is_answered_then_served_hot_until_forgotten(index, 
     )
     assert b"Cache-Control: max-age=600\r\n" in first.data[: first.head_length]
     assert b"Content-Length: %d\r\n" % len(body(first)) in first.data[: first.head_length]
-    assert ep.hot_answer(f"/{SIGNED}.narinfo".encode()) is first
+    target = f"/{SIGNED}.narinfo".encode()
+    assert ep.fast_answer(target) is first
     await index.mark_baked(SIGNED, "aa/x.zst", 99, b"table", b"r" * 32)
-    assert ep.hot_answer(f"/{SIGNED}.narinfo".encode()) is first  # until the node says so
+    assert ep.fast_answer(target) is first  # until the node says it changed
     ep.forget(SIGNED)
-    assert ep.hot_answer(f"/{SIGNED}.narinfo".encode()) is None
-    baked = body(get(ep, SIGNED))
+    fresh = ep.fast_answer(target)
+    assert fresh is not None and fresh is not first
+    assert get(ep, SIGNED) is fresh  # the fresh rendering is the hot one now
+    baked = body(fresh)
     assert f"URL: nar/zstd/{base}\nCompression: zstd\nFileSize: 99\n".encode() in baked
     assert baked.endswith(f"URL: nar/{base}\nCompression: none\nFileSize: 4321\n".encode())
     lookups = ep.metrics.narinfo_lookups
-    assert (lookups.hits, lookups.misses) == (4, 0)
+    assert (lookups.hits, lookups.misses) == (5, 0)
+
+
+async def test_the_fast_answer_leaves_misses_unsigned_and_corrupt_items_to_the_handler(
+    index, tmp_path
+):
+    ep = endpoint(index, tmp_path, [])
+    await index.add_items([new_item(UNKNOWN, True)])
+    await index.mark_corrupt(UNKNOWN)
+    for target in (
+        f"/{UNSIGNED}.narinfo",
+        f"/{UNKNOWN}.narinfo",
+        f"/{'d' * 32}.narinfo",
+        f"/{SIGNED}.narinfo.x",
+        f"/nar/{SIGNED}-hello-2.12",
+        "/nix-cache-info",
+    ):
+        assert ep.fast_answer(target.encode()) is None, target
+    lookups = ep.metrics.narinfo_lookups
+    assert (lookups.hits, lookups.misses) == (0, 0)  # the handler counts them
+    assert ep.fast_answer(f"/{SIGNED}.narinfo".encode()).status == 200
+    assert (lookups.hits, lookups.misses) == (1, 0)
 
 
 async def test_an_unsigned_item_is_signed_on_demand(index, tmp_path):
@@ -108,6 +132,6 @@ async def test_corrupt_and_unknown_items_are_404_misses(index, tmp_path):
     for hash_part in (SIGNED, UNKNOWN):
         answer = get(ep, hash_part)
         assert answer.status == 404 and b"max-age=60\r\n" in answer.data
-        assert ep.hot_answer(f"/{hash_part}.narinfo".encode()) is None
+        assert ep.fast_answer(f"/{hash_part}.narinfo".encode()) is None
     lookups = ep.metrics.narinfo_lookups
     assert (lookups.hits, lookups.misses) == (1, 2)

@@ -593,6 +593,18 @@ async def test_a_fast_answer_serves_plain_gets_and_leaves_the_rest_to_the_handle
     ]
 
 
+@uvloop_only
+async def test_a_failing_fast_answer_leaves_the_request_to_the_handler(caplog) -> None:
+    def fast(target: bytes) -> RawResponse | None:
+        raise RuntimeError("index gone")
+
+    async with serving(lambda req: HOT, fast_answer=fast) as server:
+        client = await RawClient.connect(server)
+        assert (await client.get("/hot")).body == b"hot narinfo\n"
+        await client.close()
+    assert "the fast answer failed" in caplog.text
+
+
 # Life cycle
 
 
