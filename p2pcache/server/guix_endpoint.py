@@ -6,9 +6,11 @@ deliberate difference from `guix publish`). Everything else is a 404 with a shor
 
 The hit path is synchronous and cheap: a hot narinfo is a pre-rendered response in a bounded
 in-memory table; a warm one is one indexed SQLite read plus appending the URL groups to the
-signed part stored in the index. Only misses return an awaitable (the resolver may look in the
-Guix database now, and in the peer network later), so pipelined misses run concurrently while
-the server keeps the answers in order.
+signed part stored in the index. Both are offered to the HTTP server as its FastAnswer, by raw
+request target, before any Request object exists. Only misses return an awaitable (the
+resolver may look in the Guix database now, and in the peer network later), so pipelined
+misses run concurrently while the server keeps the answers in order. Pre-rendered answers
+never outlive a change: the node calls `forget` when an item is baked, evicted or refused.
 """
 
 from __future__ import annotations

@@ -13,7 +13,9 @@ runs on the default loop), and does only what that client needs:
   run concurrently, and the responses are written strictly in request order.
 - Fast path: when nothing is waiting to be written and the handler answers at once (no
   awaitable), the response is appended to the batch written at the end of the read; no task,
-  no future, one `writelines` for all the answers one read produced.
+  no future, one `writelines` for all the answers one read produced. A plain GET is first
+  offered by its raw target to the optional `FastAnswer` (the Guix endpoint's narinfo hits),
+  which skips building a Request and calling the handler.
 - The request path is percent-decoded strictly; what cannot be a path segment (invalid UTF-8,
   an encoded "/", control characters) is a 400 from the server itself. "." and ".." segments
   are passed on: refusing traversal is the handler's job, since only it knows what a path maps
