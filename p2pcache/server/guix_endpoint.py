@@ -157,7 +157,7 @@ class GuixEndpoint:
         match = _NARINFO_TARGET.match(target)
         if match is None:
             return None
-        fields = self.index.narinfo_fields(match.group(1).decode())
+        fields = self.index.narinfo_fields_in_snapshot(match.group(1).decode())
         if (
             fields is None
             or fields.state == _CORRUPT
@@ -267,8 +267,10 @@ class GuixEndpoint:
         hot[b"/%s.narinfo" % hash_part.encode()] = response
 
     def forget(self, hash_part: str) -> None:
-        """Drop a pre-rendered narinfo (the item was baked, evicted or found corrupt)."""
+        """Drop a pre-rendered narinfo (the item was baked, evicted or found corrupt), and
+        the index's shared snapshot, so that the next answer is rendered from the change."""
         self._hot.pop(b"/%s.narinfo" % hash_part.encode(), None)
+        self.index.end_snapshot()
 
     # -- NARs ---------------------------------------------------------------------------------
 

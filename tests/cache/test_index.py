@@ -173,3 +173,28 @@ async def test_a_cancelled_writer_leaves_no_transaction_open(index):
         await index.set_state("after", step)
         assert index.get_state("after") == step
     assert index.get(HASH_A) is not None
+
+
+def write_elsewhere(index: CacheIndex, sql: str, params: tuple) -> None:
+    """A write committed by another connection (another process, such as `p2pcache publish`)."""
+    db = sqlite3.connect(index.path, isolation_level=None)
+    try:
+        db.execute(sql, params)
+    finally:
+        db.close()
+
+
+async def test_the_shared_snapshot_lasts_one_loop_iteration_or_until_ended(index):
+    await index.add_items([new_item(HASH_A)])
+    mark = "UPDATE items SET state = ? WHERE hash_part = ?"
+    assert index.narinfo_fields_in_snapshot(HASH_A).state == "unbaked"
+    write_elsewhere(index, mark, ("corrupt", HASH_A))
+    assert index.narinfo_fields_in_snapshot(HASH_A).state == "unbaked"  # same iteration
+    assert index.narinfo_fields(HASH_A).state == "corrupt"  # the other reader is fresh
+    index.end_snapshot()
+    assert index.narinfo_fields_in_snapshot(HASH_A).state == "corrupt"
+    write_elsewhere(index, mark, ("unbaked", HASH_A))
+    await asyncio.sleep(0)  # the iteration ends, and the snapshot with it
+    assert index.narinfo_fields_in_snapshot(HASH_A).state == "unbaked"
+    await index.add_items([new_item(HASH_B)])  # our own writer, across iterations too
+    assert index.narinfo_fields_in_snapshot(HASH_B).hash_part == HASH_B

@@ -4,6 +4,7 @@ corrupt and unknown ones, and pre-rendered (hot) answers that never outlive a ch
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,20 @@ async def test_corrupt_and_unknown_items_are_404_misses(index, tmp_path):
         assert ep.fast_answer(f"/{hash_part}.narinfo".encode()) is None
     lookups = ep.metrics.narinfo_lookups
     assert (lookups.hits, lookups.misses) == (1, 2)
+
+
+async def test_forgetting_an_item_drops_the_index_snapshot_too(index, tmp_path):
+    """A change committed while the fast path's snapshot is open is served once the node
+    reports it (forget), not one loop iteration later."""
+    ep = endpoint(index, tmp_path, [])
+    target = f"/{SIGNED}.narinfo".encode()
+    ep.fast_answer(f"/{UNSIGNED}.narinfo".encode())  # opens this iteration's snapshot
+    db = sqlite3.connect(index.path, isolation_level=None)
+    db.execute(
+        "UPDATE items SET state = 'baked', nar_file = 'aa/x.zst', file_size = 77"
+        " WHERE hash_part = ?",
+        (SIGNED,),
+    )
+    db.close()
+    ep.forget(SIGNED)
+    assert b"Compression: zstd\nFileSize: 77\n" in body(ep.fast_answer(target))
