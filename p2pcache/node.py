@@ -171,7 +171,9 @@ class Node:
         await self.network.start()
         self.endpoint.resolve_miss = self._resolve_miss
         self.endpoint.remote_stream = self.network.stream_item
-        self.http = HTTPServer(self.endpoint.handle, limits, self.metrics.requests)
+        self.http = HTTPServer(
+            self.endpoint.handle, limits, self.metrics.requests.observe, self.endpoint.fast_answer
+        )
         await self.http.start(config.listen.host, config.listen.port)
         http = self.http
         self.metrics.open_connections.set_function(lambda: http.connection_count)

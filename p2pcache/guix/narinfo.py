@@ -244,6 +244,22 @@ def render_url_groups(groups: Iterable[NarURL]) -> bytes:
     return "".join(out).encode()
 
 
+def render_own_url_groups(basename: str, nar_size: int, zstd_file_size: int | None) -> bytes:
+    """The URL groups a node writes for its own items, as `render_url_groups` would.
+
+    The zstd group (when the NAR is cached) then the uncompressed one, each with FileSize.
+    One format instead of building NarURL objects: this runs on every narinfo answered from
+    the cache index (2026-11-25, 1M items, random keys: 3 us of ~25 us a request).
+    """
+    _check_value("URL", basename)
+    if zstd_file_size is None:
+        return b"URL: nar/%s\nCompression: none\nFileSize: %d\n" % (basename.encode(), nar_size)
+    return (
+        b"URL: nar/zstd/%s\nCompression: zstd\nFileSize: %d\nURL: nar/%s\nCompression: none\n"
+        b"FileSize: %d\n" % (basename.encode(), zstd_file_size, basename.encode(), nar_size)
+    )
+
+
 def render_signature_line(signature_value: str) -> bytes:
     """`Signature: <value>\\n`, where the value is `1;<host>;<base64>`."""
     return f"Signature: {_check_value('Signature', signature_value)}\n".encode()

@@ -6,9 +6,11 @@ deliberate difference from `guix publish`). Everything else is a 404 with a shor
 
 The hit path is synchronous and cheap: a hot narinfo is a pre-rendered response in a bounded
 in-memory table; a warm one is one indexed SQLite read plus appending the URL groups to the
-signed part stored in the index. Only misses return an awaitable (the resolver may look in the
-Guix database now, and in the peer network later), so pipelined misses run concurrently while
-the server keeps the answers in order.
+signed part stored in the index. Both are offered to the HTTP server as its FastAnswer, by raw
+request target, before any Request object exists. Only misses return an awaitable (the
+resolver may look in the Guix database now, and in the peer network later), so pipelined
+misses run concurrently while the server keeps the answers in order. Pre-rendered answers
+never outlive a change: the node calls `forget` when an item is baked, evicted or refused.
 """
 
 from __future__ import annotations
@@ -25,11 +27,11 @@ from pathlib import Path
 from p2pcache.cache.access_log import AccessLog
 from p2pcache.cache.chunk_table import decode_chunk_table
 from p2pcache.cache.chunked_zstd import iter_decompressed
-from p2pcache.cache.index import CacheIndex, IndexedItem, Origin, State
+from p2pcache.cache.index import CacheIndex, IndexedItem, NarinfoFields, Origin, State
 from p2pcache.cache.nar_store import NarStore, NarStoreError
 from p2pcache.errors import P2PCacheError
 from p2pcache.guix.nar import NarHasher, iter_nar
-from p2pcache.guix.narinfo import NarURL, nar_url, render_url_groups
+from p2pcache.guix.narinfo import render_own_url_groups
 from p2pcache.metrics import NodeMetrics
 from p2pcache.server.http_response import (
     AnyResponse,
@@ -49,9 +51,13 @@ ZSTD_TYPE = "application/zstd"
 
 _NIX32 = "0-9a-df-np-sv-z"
 _NARINFO_PATH = re.compile(rf"/([{_NIX32}]{{32}})\.narinfo\Z")
+_NARINFO_TARGET = re.compile(rf"/([{_NIX32}]{{32}})\.narinfo\Z".encode())
 _NAR_PATH = re.compile(rf"/nar/(?:(zstd)/)?([{_NIX32}]{{32}})-([A-Za-z0-9+\-._?=]{{1,211}})\Z")
 
 Resolver = Callable[[str], Awaitable[IndexedItem | None]]
+
+# State values as stored (plain strings compare faster than through the enum).
+_BAKED, _CORRUPT = State.BAKED.value, State.CORRUPT.value
 
 
 class StoreItemChanged(P2PCacheError):
@@ -97,8 +103,9 @@ class GuixEndpoint:
         self.on_missing_file = on_missing_file
         self.remote_stream = remote_stream
         self.executor = executor
-        # Pre-rendered narinfos by request path ("/<hash>.narinfo"), oldest first.
-        self._hot: OrderedDict[str, RawResponse] = OrderedDict()
+        # Pre-rendered narinfos by request target (b"/<hash>.narinfo"), oldest first. Bytes,
+        # so that the server's fast path can look a target up before it makes a Request.
+        self._hot: OrderedDict[bytes, RawResponse] = OrderedDict()
         self.accessed = AccessLog()
         self._lookups = metrics.narinfo_lookups
         ttl = settings.narinfo_ttl
@@ -136,9 +143,34 @@ class GuixEndpoint:
 
     # -- dispatch -----------------------------------------------------------------------------
 
+    def fast_answer(self, target: bytes) -> RawResponse | None:
+        """The server's FastAnswer: a narinfo hit by raw request target, or None.
+
+        A pre-rendered narinfo, else a signed item read from the index; everything else (a
+        miss, an item to sign, a corrupt one, any other route) is None, and the handler then
+        answers the request as usual (and counts the miss).
+        """
+        hot = self._hot.get(target)
+        if hot is not None:
+            self._lookups.hits += 1
+            return hot
+        match = _NARINFO_TARGET.match(target)
+        if match is None:
+            return None
+        fields = self.index.narinfo_fields_in_snapshot(match.group(1).decode())
+        if (
+            fields is None
+            or fields.state == _CORRUPT
+            or fields.signed_part is None
+            or fields.signature is None
+        ):
+            return None
+        self._lookups.hits += 1
+        return self._render_narinfo(fields)
+
     def handle(self, request) -> AnyResponse | Awaitable[AnyResponse]:
         path: str = request.path
-        hot = self._hot.get(path)
+        hot = self._hot.get(path.encode())
         if hot is not None:
             # The hot path: a pre-rendered narinfo, found by its request path.
             self._lookups.hits += 1
@@ -164,12 +196,18 @@ class GuixEndpoint:
     # -- narinfo ------------------------------------------------------------------------------
 
     def narinfo(self, hash_part: str) -> AnyResponse | Awaitable[AnyResponse]:
-        item = self.index.get(hash_part)
-        if item is not None and item.state is not State.CORRUPT:
-            self._lookups.hits += 1
-            return self._narinfo_response(item)
+        fields = self.index.narinfo_fields(hash_part)
+        if fields is not None and fields.state != _CORRUPT:
+            if fields.signed_part is not None and fields.signature is not None:
+                self._lookups.hits += 1
+                return self._render_narinfo(fields)
+            item = self.index.get(hash_part)  # rare: an item this node has not signed yet
+            if item is not None and item.state is not State.CORRUPT:
+                self._lookups.hits += 1
+                return self._narinfo_response(item)
+            fields = None if item is None else fields
         self._lookups.misses += 1
-        if self.resolve_miss is None or (item is not None and item.state is State.CORRUPT):
+        if self.resolve_miss is None or fields is not None:  # unknown, or known corrupt
             return self._not_found_narinfo
         return self._resolve(hash_part)
 
@@ -187,14 +225,35 @@ class GuixEndpoint:
     def _narinfo_response(self, item: IndexedItem) -> RawResponse:
         if item.signed_part is None or item.signature is None:
             item = self.sign_item(item)
-        groups = []
-        if item.is_baked and item.file_size is not None:
-            groups.append(NarURL(nar_url(item.basename, "zstd"), "zstd", item.file_size))
-        groups.append(NarURL(nar_url(item.basename, "none"), "none", item.nar_size))
-        body = item.signed_part + item.signature + render_url_groups(groups)
+        assert item.signed_part is not None and item.signature is not None
+        return self._render_narinfo(
+            NarinfoFields(
+                item.hash_part,
+                item.store_path,
+                item.nar_size,
+                item.state,
+                item.nar_file,
+                item.file_size,
+                item.signed_part,
+                item.signature,
+            )
+        )
+
+    def _render_narinfo(self, fields: NarinfoFields) -> RawResponse:
+        """The 200 for a signed item, remembered as hot."""
+        baked = fields.state == _BAKED and fields.nar_file is not None
+        body = (
+            fields.signed_part  # type: ignore[operator]
+            + fields.signature
+            + render_own_url_groups(
+                fields.store_path.rsplit("/", 1)[-1],
+                fields.nar_size,
+                fields.file_size if baked else None,
+            )
+        )
         head = self._narinfo_head % len(body)
         response = RawResponse(head + body, len(head), 200, "narinfo")
-        self.remember(item.hash_part, response)
+        self.remember(fields.hash_part, response)
         return response
 
     def remember(self, hash_part: str, response: RawResponse) -> None:
@@ -205,11 +264,13 @@ class GuixEndpoint:
             # Drop the oldest entry: a cheap FIFO bound. (An OrderedDict, because deleting the
             # first key of a plain dict again and again makes finding the first key slow.)
             hot.popitem(last=False)
-        hot[f"/{hash_part}.narinfo"] = response
+        hot[b"/%s.narinfo" % hash_part.encode()] = response
 
     def forget(self, hash_part: str) -> None:
-        """Drop a pre-rendered narinfo (the item was baked, evicted or found corrupt)."""
-        self._hot.pop(f"/{hash_part}.narinfo", None)
+        """Drop a pre-rendered narinfo (the item was baked, evicted or found corrupt), and
+        the index's shared snapshot, so that the next answer is rendered from the change."""
+        self._hot.pop(b"/%s.narinfo" % hash_part.encode(), None)
+        self.index.end_snapshot()
 
     # -- NARs ---------------------------------------------------------------------------------
 

@@ -13,7 +13,9 @@ runs on the default loop), and does only what that client needs:
   run concurrently, and the responses are written strictly in request order.
 - Fast path: when nothing is waiting to be written and the handler answers at once (no
   awaitable), the response is appended to the batch written at the end of the read; no task,
-  no future, one `writelines` for all the answers one read produced.
+  no future, one `writelines` for all the answers one read produced. A plain GET is first
+  offered by its raw target to the optional `FastAnswer` (the Guix endpoint's narinfo hits),
+  which skips building a Request and calling the handler.
 - The request path is percent-decoded strictly; what cannot be a path segment (invalid UTF-8,
   an encoded "/", control characters) is a 400 from the server itself. "." and ".." segments
   are passed on: refusing traversal is the handler's job, since only it knows what a path maps
@@ -179,6 +181,11 @@ def _request_factory() -> Callable[[str, bytes, str, bool, RequestHeaders], Requ
 _new_request = _request_factory()
 
 Handler = Callable[[Request], AnyResponse | Awaitable[AnyResponse]]
+# An optional pre-lookup for the fast path: a plain GET whose target needs no decoding (so the
+# target is the path) is first offered to it by its raw target; a RawResponse it returns is
+# the answer, None hands the request to the Handler as usual. It must answer exactly what the
+# handler would; if it raises, the error is logged and the handler gets the request.
+FastAnswer = Callable[[bytes], RawResponse | None]
 # Called once per finished response: (label, status, seconds from parsed to written, bytes).
 Observer = Callable[[str, int, float, int], None]
 
@@ -289,10 +296,12 @@ class HTTPServer:
         handler: Handler,
         limits: ServerLimits | None = None,
         observer: Observer | None = None,
+        fast_answer: FastAnswer | None = None,
     ) -> None:
         self.limits = limits or ServerLimits()
         self._handler = handler
         self._observer = observer
+        self._fast_answer = fast_answer
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -420,6 +429,7 @@ class _Connection(asyncio.Protocol):
         self._max_head_size = server.limits.max_head_size
         self._handler = server._handler
         self._observer = server._observer
+        self._fast_answer = server._fast_answer
         self._loop = asyncio.get_running_loop()
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport = None  # type: ignore[assignment]  # set at once
@@ -601,6 +611,8 @@ class _Connection(asyncio.Protocol):
         ):
             # The common case, kept cheap: HTTP/1.1, nothing waiting to be written, a path
             # with nothing to decode (httptools let only visible ASCII through).
+            if method == "GET" and self._fast_answer is not None and self._answer_fast(target):
+                return
             path = target.decode("ascii")
             self._answer_now(_new_request(method, target, path, True, tuple(self._headers)))
         else:
@@ -676,6 +688,35 @@ class _Connection(asyncio.Protocol):
         if len(out) >= _WRITE_BATCH:
             self._transport.writelines(out)
             out.clear()
+
+    def _answer_fast(self, target: bytes) -> bool:
+        """The fastest path: a ready answer found by raw target, no Request object made.
+
+        Measured 2026-11-25 (hot narinfos, one request per read): building the Request and
+        calling the handler cost about 0.6 of the server's 3 us of Python per request.
+        """
+        observer = self._observer
+        started = time.perf_counter() if observer is not None else 0.0
+        try:
+            response = self._fast_answer(target)  # type: ignore[misc]
+        except Exception:
+            logger.exception("the fast answer failed on %r; asking the handler", target)
+            return False
+        if response is None:
+            return False
+        if observer is None:
+            self._out.append(response.data)
+        else:
+            data = response.data
+            self._out.append(data)
+            try:
+                observer(response.label, response.status, time.perf_counter() - started, len(data))
+            except Exception:
+                logger.exception("the response observer failed")
+        if len(self._out) >= _WRITE_BATCH:
+            self._transport.writelines(self._out)
+            self._out.clear()
+        return True
 
     def _enqueue(self, entry: _Exchange) -> None:
         if self._observer is not None:

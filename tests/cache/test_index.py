@@ -142,6 +142,23 @@ async def test_hashes_sharing_the_row_key_are_both_kept(index):
     assert index.get(first).hash_part == first
     assert index.get(second).hash_part == second
     assert index.get("abcdfghijklm" + "2" * 20) is None
+    assert index.narinfo_fields(first).hash_part == first
+    assert index.narinfo_fields(second).hash_part == second
+    assert index.narinfo_fields("abcdfghijklm" + "2" * 20) is None
+
+
+async def test_narinfo_fields_are_the_items_columns_as_stored(index):
+    await index.add_items([new_item(HASH_A)])
+    fields = index.narinfo_fields(HASH_A)
+    assert fields == (HASH_A, f"/gnu/store/{HASH_A}-x", 1234, "unbaked", None, None, None, None)
+    await index.set_signature(HASH_A, b"StorePath: x\n", b"Signature: 1;h;x\n")
+    await index.mark_baked(HASH_A, "aa/x.zst", 99, b"table", b"r" * 32)
+    fields = index.narinfo_fields(HASH_A)
+    item = index.get(HASH_A)
+    assert fields.state == State.BAKED and (fields.nar_file, fields.file_size) == ("aa/x.zst", 99)
+    assert (fields.signed_part, fields.signature) == (item.signed_part, item.signature)
+    assert (fields.store_path, fields.nar_size) == (item.store_path, item.nar_size)
+    assert index.narinfo_fields(HASH_B) is None
 
 
 async def test_a_cancelled_writer_leaves_no_transaction_open(index):
@@ -156,3 +173,28 @@ async def test_a_cancelled_writer_leaves_no_transaction_open(index):
         await index.set_state("after", step)
         assert index.get_state("after") == step
     assert index.get(HASH_A) is not None
+
+
+def write_elsewhere(index: CacheIndex, sql: str, params: tuple) -> None:
+    """A write committed by another connection (another process, such as `p2pcache publish`)."""
+    db = sqlite3.connect(index.path, isolation_level=None)
+    try:
+        db.execute(sql, params)
+    finally:
+        db.close()
+
+
+async def test_the_shared_snapshot_lasts_one_loop_iteration_or_until_ended(index):
+    await index.add_items([new_item(HASH_A)])
+    mark = "UPDATE items SET state = ? WHERE hash_part = ?"
+    assert index.narinfo_fields_in_snapshot(HASH_A).state == "unbaked"
+    write_elsewhere(index, mark, ("corrupt", HASH_A))
+    assert index.narinfo_fields_in_snapshot(HASH_A).state == "unbaked"  # same iteration
+    assert index.narinfo_fields(HASH_A).state == "corrupt"  # the other reader is fresh
+    index.end_snapshot()
+    assert index.narinfo_fields_in_snapshot(HASH_A).state == "corrupt"
+    write_elsewhere(index, mark, ("unbaked", HASH_A))
+    await asyncio.sleep(0)  # the iteration ends, and the snapshot with it
+    assert index.narinfo_fields_in_snapshot(HASH_A).state == "unbaked"
+    await index.add_items([new_item(HASH_B)])  # our own writer, across iterations too
+    assert index.narinfo_fields_in_snapshot(HASH_B).hash_part == HASH_B

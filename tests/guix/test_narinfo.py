@@ -16,6 +16,7 @@ from p2pcache.guix.narinfo import (
     parse_nar_hash,
     parse_narinfo,
     render_narinfo,
+    render_own_url_groups,
     render_signature_line,
     render_signed_part,
     render_url_groups,
@@ -167,6 +168,21 @@ def test_nar_url_layout():
 def test_render_refuses_partial_file_sizes():
     with pytest.raises(NarinfoFormatError, match="every URL group or for none"):
         render_url_groups([NarURL("a", "zstd", 1), NarURL("b", "none", None)])
+
+
+@pytest.mark.parametrize("zstd_size", [None, 0, 5_000_000])
+def test_own_url_groups_are_the_generic_rendering(zstd_size):
+    base = "sjbf4zs2wsf2brfdyqzmdpvps50lh6mn-p2p-test-tree-1.0"
+    groups = [NarURL(nar_url(base, "none"), "none", 12_345)]
+    if zstd_size is not None:
+        groups.insert(0, NarURL(nar_url(base, "zstd"), "zstd", zstd_size))
+    assert render_own_url_groups(base, 12_345, zstd_size) == render_url_groups(groups)
+
+
+@pytest.mark.parametrize("base", ["a\nStorePath: evil", " lead", "trail "])
+def test_own_url_groups_refuse_a_basename_that_would_change_the_record(base):
+    with pytest.raises(NarinfoFormatError):
+        render_own_url_groups(base, 1, None)
 
 
 @pytest.mark.parametrize("value", ["a\nStorePath: evil", " lead", "trail ", "cr\r"])

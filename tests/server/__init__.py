@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import uvloop
 
-from p2pcache.server.http_server import Handler, HTTPServer, Observer, ServerLimits
+from p2pcache.server.http_server import FastAnswer, Handler, HTTPServer, Observer, ServerLimits
 
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "uvloop": uvloop.new_event_loop,
@@ -60,9 +60,12 @@ both_loops = on_loops("uvloop", "asyncio")
 
 @asynccontextmanager
 async def serving(
-    handler: Handler, limits: ServerLimits | None = None, observer: Observer | None = None
+    handler: Handler,
+    limits: ServerLimits | None = None,
+    observer: Observer | None = None,
+    fast_answer: FastAnswer | None = None,
 ) -> AsyncIterator[HTTPServer]:
-    server = HTTPServer(handler, limits, observer)
+    server = HTTPServer(handler, limits, observer, fast_answer)
     await server.start("127.0.0.1", 0)
     try:
         yield server

@@ -534,6 +534,77 @@ async def test_the_observer_sees_each_finished_response(tmp_path: Path) -> None:
     assert all(0 <= seconds < 5 for _, _, seconds, _ in seen)
 
 
+@both_loops
+async def test_a_fast_answer_serves_plain_gets_and_leaves_the_rest_to_the_handler() -> None:
+    """The FastAnswer sees only plain GETs by raw target; HEAD, escaped targets, a Connection
+    header and requests pipelined behind a slow answer reach the handler, and every response
+    is observed once, in order."""
+    offered: list[bytes] = []
+    handled: list[tuple[str, str]] = []
+    seen: list[tuple[str, int, int]] = []
+
+    def fast(target: bytes) -> RawResponse | None:
+        offered.append(target)
+        return HOT if target == b"/hot" else None
+
+    async def slow() -> RawResponse:
+        await asyncio.sleep(0.05)
+        return NOT_FOUND
+
+    def handle(req: Request) -> object:
+        handled.append((req.method, req.path))
+        if req.path == "/slow":
+            return slow()
+        return HOT if req.path == "/hot" else NOT_FOUND
+
+    def observe(label: str, status: int, seconds: float, nbytes: int) -> None:
+        seen.append((label, status, nbytes))
+
+    async with serving(handle, observer=observe, fast_answer=fast) as server:  # type: ignore[arg-type]
+        client = await RawClient.connect(server)
+        assert (await client.get("/hot")).body == b"hot narinfo\n"
+        assert (await client.get("/missing")).status == 404
+        head = await client.get("/hot", method="HEAD")
+        assert (head.status, head.body, head.content_length) == (200, b"", len(b"hot narinfo\n"))
+        assert (await client.get("/h%6Ft")).body == b"hot narinfo\n"
+        await client.send(request("/slow") + request("/hot"))
+        assert (await client.read_answer()).status == 404
+        assert (await client.read_answer()).body == b"hot narinfo\n"
+        answer = await client.get("/hot", headers=(("Connection", "keep-alive"),))
+        assert answer.body == b"hot narinfo\n"
+        await client.close()
+    assert offered == [b"/hot", b"/missing", b"/slow"]
+    assert handled == [
+        ("GET", "/missing"),
+        ("HEAD", "/hot"),
+        ("GET", "/hot"),
+        ("GET", "/slow"),
+        ("GET", "/hot"),
+        ("GET", "/hot"),
+    ]
+    assert seen == [
+        ("narinfo", 200, len(HOT.data)),
+        ("narinfo", 404, len(NOT_FOUND.data)),
+        ("narinfo", 200, HOT.head_length),
+        ("narinfo", 200, len(HOT.data)),
+        ("narinfo", 404, len(NOT_FOUND.data)),
+        ("narinfo", 200, len(HOT.data)),
+        ("narinfo", 200, len(HOT.data) + len(b"Connection: keep-alive\r\n")),
+    ]
+
+
+@uvloop_only
+async def test_a_failing_fast_answer_leaves_the_request_to_the_handler(caplog) -> None:
+    def fast(target: bytes) -> RawResponse | None:
+        raise RuntimeError("index gone")
+
+    async with serving(lambda req: HOT, fast_answer=fast) as server:
+        client = await RawClient.connect(server)
+        assert (await client.get("/hot")).body == b"hot narinfo\n"
+        await client.close()
+    assert "the fast answer failed" in caplog.text
+
+
 # Life cycle
 
 

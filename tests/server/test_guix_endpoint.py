@@ -1,0 +1,155 @@
+"""The Guix endpoint's narinfo answers from the cache index: signed items, unsigned ones,
+corrupt and unknown ones, and pre-rendered (hot) answers that never outlive a change."""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from p2pcache.cache.index import CacheIndex, IndexedItem, NewItem, Origin
+from p2pcache.cache.nar_store import NarStore
+from p2pcache.metrics import NodeMetrics
+from p2pcache.server.guix_endpoint import EndpointSettings, GuixEndpoint
+from p2pcache.server.http_response import RawResponse
+from p2pcache.server.http_server import _new_request
+
+SIGNED = "a" * 31 + "0"
+UNSIGNED = "b" * 31 + "0"
+UNKNOWN = "c" * 31 + "0"
+
+
+def new_item(hash_part: str, signed: bool) -> NewItem:
+    return NewItem(
+        hash_part=hash_part,
+        store_path=f"/gnu/store/{hash_part}-hello-2.12",
+        nar_hash="sha256:" + "0" * 52,
+        nar_size=4321,
+        references=(),
+        deriver=None,
+        origin=Origin.PEER,
+        signed_part=f"StorePath: /gnu/store/{hash_part}-hello-2.12\n".encode() if signed else None,
+        signature=b"Signature: 1;h;sig\n" if signed else None,
+    )
+
+
+@pytest.fixture
+async def index(tmp_path: Path):
+    async with CacheIndex(tmp_path / "index.sqlite") as idx:
+        await idx.add_items([new_item(SIGNED, True), new_item(UNSIGNED, False)])
+        yield idx
+
+
+def endpoint(index: CacheIndex, tmp_path: Path, signed: list[str]) -> GuixEndpoint:
+    def sign(item: IndexedItem) -> IndexedItem:
+        signed.append(item.hash_part)
+        part = f"StorePath: {item.store_path}\n".encode()
+        return dataclasses.replace(item, signed_part=part, signature=b"Signature: 1;me;x\n")
+
+    settings = EndpointSettings("/gnu/store", tmp_path / "store", 600, 60, 100)
+    return GuixEndpoint(
+        settings, index, NarStore(tmp_path / "nar"), b"(public-key)", sign, NodeMetrics()
+    )
+
+
+def get(ep: GuixEndpoint, hash_part: str) -> RawResponse:
+    target = f"/{hash_part}.narinfo"
+    response = ep.handle(_new_request("GET", target.encode(), target, True, ()))
+    assert isinstance(response, RawResponse)
+    return response
+
+
+def body(response: RawResponse) -> bytes:
+    return response.data[response.head_length :]
+
+
+async def test_a_signed_item_is_answered_then_served_hot_until_forgotten(index, tmp_path):
+    signed: list[str] = []
+    ep = endpoint(index, tmp_path, signed)
+    first = get(ep, SIGNED)
+    base = f"{SIGNED}-hello-2.12"
+    assert first.status == 200 and signed == []
+    assert (
+        body(first)
+        == (
+            f"StorePath: /gnu/store/{base}\nSignature: 1;h;sig\n"
+            f"URL: nar/{base}\nCompression: none\nFileSize: 4321\n"
+        ).encode()
+    )
+    assert b"Cache-Control: max-age=600\r\n" in first.data[: first.head_length]
+    assert b"Content-Length: %d\r\n" % len(body(first)) in first.data[: first.head_length]
+    target = f"/{SIGNED}.narinfo".encode()
+    assert ep.fast_answer(target) is first
+    await index.mark_baked(SIGNED, "aa/x.zst", 99, b"table", b"r" * 32)
+    assert ep.fast_answer(target) is first  # until the node says it changed
+    ep.forget(SIGNED)
+    fresh = ep.fast_answer(target)
+    assert fresh is not None and fresh is not first
+    assert get(ep, SIGNED) is fresh  # the fresh rendering is the hot one now
+    baked = body(fresh)
+    assert f"URL: nar/zstd/{base}\nCompression: zstd\nFileSize: 99\n".encode() in baked
+    assert baked.endswith(f"URL: nar/{base}\nCompression: none\nFileSize: 4321\n".encode())
+    lookups = ep.metrics.narinfo_lookups
+    assert (lookups.hits, lookups.misses) == (5, 0)
+
+
+async def test_the_fast_answer_leaves_misses_unsigned_and_corrupt_items_to_the_handler(
+    index, tmp_path
+):
+    ep = endpoint(index, tmp_path, [])
+    await index.add_items([new_item(UNKNOWN, True)])
+    await index.mark_corrupt(UNKNOWN)
+    for target in (
+        f"/{UNSIGNED}.narinfo",
+        f"/{UNKNOWN}.narinfo",
+        f"/{'d' * 32}.narinfo",
+        f"/{SIGNED}.narinfo.x",
+        f"/nar/{SIGNED}-hello-2.12",
+        "/nix-cache-info",
+    ):
+        assert ep.fast_answer(target.encode()) is None, target
+    lookups = ep.metrics.narinfo_lookups
+    assert (lookups.hits, lookups.misses) == (0, 0)  # the handler counts them
+    assert ep.fast_answer(f"/{SIGNED}.narinfo".encode()).status == 200
+    assert (lookups.hits, lookups.misses) == (1, 0)
+
+
+async def test_an_unsigned_item_is_signed_on_demand(index, tmp_path):
+    signed: list[str] = []
+    ep = endpoint(index, tmp_path, signed)
+    answer = get(ep, UNSIGNED)
+    assert signed == [UNSIGNED]
+    assert body(answer).startswith(b"StorePath: /gnu/store/%s-hello-2.12\n" % UNSIGNED.encode())
+    assert b"Signature: 1;me;x\n" in body(answer)
+
+
+async def test_corrupt_and_unknown_items_are_404_misses(index, tmp_path):
+    ep = endpoint(index, tmp_path, [])
+    get(ep, SIGNED)
+    await index.mark_corrupt(SIGNED)
+    ep.forget(SIGNED)
+    for hash_part in (SIGNED, UNKNOWN):
+        answer = get(ep, hash_part)
+        assert answer.status == 404 and b"max-age=60\r\n" in answer.data
+        assert ep.fast_answer(f"/{hash_part}.narinfo".encode()) is None
+    lookups = ep.metrics.narinfo_lookups
+    assert (lookups.hits, lookups.misses) == (1, 2)
+
+
+async def test_forgetting_an_item_drops_the_index_snapshot_too(index, tmp_path):
+    """A change committed while the fast path's snapshot is open is served once the node
+    reports it (forget), not one loop iteration later."""
+    ep = endpoint(index, tmp_path, [])
+    target = f"/{SIGNED}.narinfo".encode()
+    ep.fast_answer(f"/{UNSIGNED}.narinfo".encode())  # opens this iteration's snapshot
+    db = sqlite3.connect(index.path, isolation_level=None)
+    db.execute(
+        "UPDATE items SET state = 'baked', nar_file = 'aa/x.zst', file_size = 77"
+        " WHERE hash_part = ?",
+        (SIGNED,),
+    )
+    db.close()
+    ep.forget(SIGNED)
+    assert b"Compression: zstd\nFileSize: 77\n" in body(ep.fast_answer(target))
