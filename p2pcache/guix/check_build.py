@@ -32,7 +32,7 @@ import shutil
 import signal
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from p2pcache.errors import P2PCacheError
@@ -55,6 +55,33 @@ NOT_DETERMINISTIC = "may not be deterministic"
 
 DAEMON_TIMED_OUT = "timed out after"
 """What the daemon says when a build exceeds --timeout (nix/libstore/build.cc)."""
+
+
+async def _stderr_lines(stream: asyncio.StreamReader) -> AsyncIterator[bytes]:
+    """The lines of `stream`, without their LF; a line longer than MAX_LINE is cut there and
+    the rest of it, up to its LF, dropped (so what follows still starts a line of its own)."""
+    pending = bytearray()
+    skipping = False  # inside the rest of a line already cut
+    while True:
+        chunk = await stream.read(65536)
+        if not chunk:
+            if pending and not skipping:
+                yield bytes(pending)
+            return
+        pending += chunk
+        while True:
+            end = pending.find(b"\n")
+            if end < 0:
+                if not skipping and len(pending) > MAX_LINE:
+                    yield bytes(pending[:MAX_LINE])
+                    skipping = True
+                if skipping:
+                    pending.clear()
+                break
+            if not skipping:
+                yield bytes(pending[: min(end, MAX_LINE)])
+            skipping = False
+            del pending[: end + 1]
 
 
 class GuixNotFoundError(P2PCacheError):
@@ -164,17 +191,14 @@ async def run_check_build(
     assert process.stdout is not None and process.stderr is not None
     stderr, stdout = process.stderr, process.stdout
 
+    def emit(raw: bytes) -> None:
+        line = raw.decode("utf-8", "replace")
+        tail.append(line)
+        relay(line)
+
     async def relay_stderr() -> None:
-        while True:
-            try:
-                raw = await stderr.readline()
-            except ValueError:  # a line longer than the limit: take what is buffered
-                raw = await stderr.read(MAX_LINE)
-            if not raw:
-                return
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            tail.append(line)
-            relay(line)
+        async for raw in _stderr_lines(stderr):
+            emit(raw)
 
     async def drain_stdout() -> None:
         while await stdout.read(65536):

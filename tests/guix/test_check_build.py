@@ -216,3 +216,24 @@ async def test_a_guix_that_cannot_be_run_is_a_clear_error(tmp_path):
     plain.write_text("#!/bin/sh\n")  # not executable
     with pytest.raises(GuixNotFoundError, match=f"cannot run {plain}: Permission denied"):
         await run_check_build([str(plain), "build"], 10, print)
+
+
+@pytest.mark.parametrize("cut", [1, 7, 4096, 65535, 65536, 65537, 70000, 200001])
+async def test_stderr_lines_survive_any_chunking(cut):
+    """However guix's stderr arrives in pieces, lines stay lines: an overlong one is cut at
+    MAX_LINE and its rest dropped, and the next line starts clean (it used to be glued on)."""
+    from p2pcache.guix.check_build import MAX_LINE, _stderr_lines
+
+    data = b"first\n" + b"x" * 200_000 + b"\nguix build: error: done\nlast without LF"
+    reader = asyncio.StreamReader(limit=MAX_LINE)
+
+    async def feed() -> None:  # piece by piece, the reader running in between
+        for start in range(0, len(data), cut):
+            reader.feed_data(data[start : start + cut])
+            await asyncio.sleep(0)
+        reader.feed_eof()
+
+    feeder = asyncio.create_task(feed())
+    lines = [line async for line in _stderr_lines(reader)]
+    await feeder
+    assert lines == [b"first", b"x" * MAX_LINE, b"guix build: error: done", b"last without LF"]
