@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,16 +90,30 @@ class GuixSecretKey:
         return (b"private-key", (b"ecc", (b"curve", _CURVE), (b"q", self.public.q), (b"d", d)))
 
 
-def generate_key_pair() -> GuixSecretKey:
+def generate_key_pair(
+    random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+) -> GuixSecretKey:
     """A new key drawn as libgcrypt's `nist_generate_key` does for Ed25519 (spec §3.2).
 
     32 random bytes, bit 255 cleared, bit 254 set, low three bits cleared: the same
     convention keeps RFC 6979 nonces identical to what libgcrypt derives from the key.
+
+    A draw whose key files Guix could not read is thrown away and drawn again (about one in
+    two thousand): libgcrypt prints an atom of printable Latin-1 bytes raw inside quotes, and
+    Guix reads key files as UTF-8 text, which such bytes are not.
     """
-    raw = bytearray(secrets.token_bytes(32))
-    raw[0] = (raw[0] & 0x7F) | 0x40
-    raw[31] &= 0xF8
-    return GuixSecretKey(bytes(raw))
+    while True:
+        raw = bytearray(random_bytes(32))
+        raw[0] = (raw[0] & 0x7F) | 0x40
+        raw[31] &= 0xF8
+        key = GuixSecretKey(bytes(raw))
+        if key_files_are_text(key):
+            return key
+
+
+def key_files_are_text(key: GuixSecretKey) -> bool:
+    """Whether both key files are plain ASCII, so any UTF-8 reader (Guix) reads them back."""
+    return render_secret_key(key).isascii() and render_public_key(key.public).isascii()
 
 
 def render_public_key(key: GuixPublicKey) -> bytes:

@@ -25,7 +25,9 @@ from p2pcache.guix.narinfo_signature import (
 )
 from p2pcache.guix.sexp import to_advanced
 from p2pcache.guix.signing_key import (
+    GuixSecretKey,
     generate_key_pair,
+    key_files_are_text,
     load_key_pair,
     parse_acl,
     parse_secret_key,
@@ -322,3 +324,33 @@ def test_random_keys_and_bodies_against_libgcrypt(oracle, tmp_path):
         )
         problems = [problem for result in results for problem in result]
     assert not problems, problems[:10]
+
+
+# A key libgcrypt prints with raw Latin-1 bytes inside quotes: d is 0x41, thirty 0xE9, 0x40.
+LATIN1_KEY = GuixSecretKey(b"\x41" + b"\xe9" * 30 + b"\x40")
+
+
+def test_a_key_printed_with_latin1_bytes_is_unreadable_to_guix(oracle, tmp_path):
+    """Why generate_key_pair draws again: Guix reads key files as UTF-8, so this file (what
+    libgcrypt's printer makes of the key, byte for byte) cannot be used by any Guix tool.
+    Found as a rare failure of the random interop test above."""
+    assert not key_files_are_text(LATIN1_KEY)
+    secret, public = tmp_path / "k.sec", tmp_path / "k.pub"
+    secret.write_bytes(render_secret_key(LATIN1_KEY))
+    public.write_bytes(render_public_key(LATIN1_KEY.public))
+    (tmp_path / "body").write_bytes(b"StorePath: /gnu/store/x\n")
+    result = run(oracle, "sign", secret, public, tmp_path / "body", check=False)
+    assert result.returncode != 0
+
+
+def test_generated_keys_are_always_readable_by_guix(oracle, tmp_path):
+    draws = iter([LATIN1_KEY.d, os.urandom(32)])
+    key = generate_key_pair(lambda n: next(draws))
+    assert key.d != LATIN1_KEY.d and key_files_are_text(key)
+    secret, public = tmp_path / "k.sec", tmp_path / "k.pub"
+    secret.write_bytes(render_secret_key(key))
+    public.write_bytes(render_public_key(key.public))
+    body = random_signed_part(random.Random(7))
+    assert oracle_sign(oracle, secret, public, body, tmp_path) == sign_narinfo(
+        body + TRAILER, key, "h"
+    )
