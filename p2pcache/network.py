@@ -262,6 +262,7 @@ class PeerNetwork:
             client,
             self._gossip_peers,
             proof_source=lambda key, old, new: trust.consistency_proof(key, old, new),
+            peer_keys=self.evidence.peer_keys,
         )
         log.info(
             "peer API on %s (advertised as %s)%s",

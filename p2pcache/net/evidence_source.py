@@ -9,14 +9,12 @@ fills them from the network:
   under `/p2p/v1/attestations/<hash>` (a seeding node carries its items' bundles, so an item
   verifies while its builders are offline);
 * `consistency_proof(builder_key, old, new)`: asked of the builder's own peer listener, which
-  this node learns from the signed node information of the providers it talks to (a builder is
-  a node; its identity key signs both its attestations and its node information).
+  this node learns (peer_keys.py: proven by signed node information) from the providers that
+  serve it bundles, and from the peers checkpoint gossip talks to when they share PeerKeys.
 
 Only a proof the builder itself served may count as fork evidence when it fails (a relayed
-one is treated as missing, protocol/attestation.md §7). So a URL is taken as the builder's
-only when the node information it serves is signed by the builder's key AND names that very
-URL: a peer replaying the builder's signed node information under its own URL is not taken
-for the builder.
+one is treated as missing, protocol/attestation.md §7), hence `from_builder=True` only for a
+URL PeerKeys proved to be the builder's.
 
 Everything from a peer is bounded by the peer client; a peer that fails or misbehaves here
 costs it the same rank as on the transfer path.
@@ -26,10 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 from p2pcache.net.peer_client import PeerClient, PeerError, PeerMisbehaved
+from p2pcache.net.peer_keys import PeerKeys
 from p2pcache.net.peer_ranking import PeerRanking
 from p2pcache.trust.attestation_verifier import ConsistencyProof
 
@@ -37,10 +35,6 @@ log = logging.getLogger(__name__)
 
 MAX_BUNDLES = 64
 """Bundles handed to the policy per item (it judges at most this many)."""
-
-
-def _same_url(a: str, b: str) -> bool:
-    return a.rstrip("/") == b.rstrip("/")
 
 
 class PeerEvidence:
@@ -52,18 +46,14 @@ class PeerEvidence:
         local_bundles: Callable[[str], list[bytes]],
         *,
         fanout: int = 3,
-        max_builders: int = 4096,
+        peer_keys: PeerKeys | None = None,
     ) -> None:
         self.client = client
         self.providers = providers
         self.ranking = ranking
         self.local_bundles = local_bundles
         self.fanout = fanout
-        self.max_builders = max_builders
-        self._builder_urls: OrderedDict[bytes, str] = OrderedDict()
-        """Builder public key -> the peer URL its own signed node information names."""
-        self._known_urls: OrderedDict[str, bytes | None] = OrderedDict()
-        """Peer URL -> the key it proved to be (None: asked, not a verifiable node)."""
+        self.peer_keys = peer_keys or PeerKeys(client)
 
     async def attestations_for(self, hash_part: str) -> list[bytes]:
         bundles = list(self.local_bundles(hash_part))
@@ -76,7 +66,7 @@ class PeerEvidence:
     async def consistency_proof(
         self, builder_key: bytes, old: int, new: int
     ) -> ConsistencyProof | None:
-        url = self._builder_urls.get(builder_key)
+        url = self.peer_keys.url_of(builder_key)
         if url is None:
             return None
         try:
@@ -94,7 +84,7 @@ class PeerEvidence:
 
     def builder_url(self, builder_key: bytes) -> str | None:
         """The peer URL proven to be this builder's, if one has been met."""
-        return self._builder_urls.get(builder_key)
+        return self.peer_keys.url_of(builder_key)
 
     async def _from_peer(self, url: str, hash_part: str) -> list[bytes]:
         try:
@@ -107,26 +97,5 @@ class PeerEvidence:
             log.debug("peer %s has no attestations for %s: %s", url, hash_part, e)
             return []
         if bundles:
-            await self._learn(url)
+            await self.peer_keys.key_of(url)  # is it a builder, whose proofs we may need?
         return bundles
-
-    async def _learn(self, url: str) -> None:
-        """Find out whose node a peer URL is, once (bounded), from its signed node info."""
-        if url in self._known_urls:
-            self._known_urls.move_to_end(url)
-            return
-        try:
-            info = await self.client.node_info(url)
-        except PeerError as e:
-            log.debug("peer %s gave no usable node information: %s", url, e)
-            key = None
-        else:
-            key = info.public_key if _same_url(info.peer_url, url) else None
-        self._known_urls[url] = key
-        while len(self._known_urls) > self.max_builders:
-            self._known_urls.popitem(last=False)
-        if key is not None:
-            self._builder_urls[key] = url
-            self._builder_urls.move_to_end(key)
-            while len(self._builder_urls) > self.max_builders:
-                self._builder_urls.popitem(last=False)

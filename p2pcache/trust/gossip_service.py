@@ -16,6 +16,7 @@ import random
 from collections.abc import Callable, Sequence
 
 from p2pcache.net.peer_client import PeerClient, PeerError, PeerMisbehaved
+from p2pcache.net.peer_keys import PeerKeys
 from p2pcache.trust.attestation_verifier import (
     ConsistencyProof,
     ConsistencyProofSource,
@@ -32,9 +33,6 @@ from p2pcache.trust.log_watch_metrics import LogWatchCounters
 
 log = logging.getLogger(__name__)
 
-MAX_PEER_KEYS = 1024
-"""Node keys remembered per peer URL (to know when a peer is the builder itself)."""
-
 
 class GossipService:
     """Pull checkpoint lists from peers and feed them to the node's CheckpointStore."""
@@ -48,6 +46,7 @@ class GossipService:
         fanout: int,
         counters: LogWatchCounters,
         proof_source: ConsistencyProofSource = no_consistency_proofs,
+        peer_keys: PeerKeys | None = None,
     ) -> None:
         self.gossip = gossip
         self.client = client
@@ -55,7 +54,8 @@ class GossipService:
         self.fanout = fanout
         self.counters = counters
         self.proof_source = proof_source
-        self._peer_keys: dict[str, bytes] = {}
+        self.peer_keys = peer_keys or PeerKeys(client)
+        """Which peer is which builder (shared with the miss path's evidence source)."""
 
     async def pull_once(self) -> dict[str, list[str]]:
         """Ask up to `fanout` peers once: peer URL -> the outcome of each note it sent."""
@@ -110,7 +110,7 @@ class GossipService:
         self, url: str, received: Received, old: int, new: int
     ) -> ConsistencyProof | None:
         key = received.checkpoint.log_key
-        if await self._peer_key(url) == key:
+        if await self.peer_keys.key_of(url) == key:
             try:
                 hashes = await self.client.fetch_consistency_proof(url, old, new)
             except PeerError:
@@ -118,26 +118,6 @@ class GossipService:
             if hashes is not None:
                 return ConsistencyProof(tuple(hashes), from_builder=True)
         return await self.proof_source(key, old, new)
-
-    async def _peer_key(self, url: str) -> bytes | None:
-        """The identity key of the node answering at `url`, by its signed node information.
-
-        The information must name `url` as its own peer URL: a copy of a builder's signed
-        document replayed elsewhere must not make another peer's proofs count as the builder's.
-        """
-        key = self._peer_keys.get(url)
-        if key is None:
-            try:
-                info = await self.client.node_info(url)
-            except PeerError:
-                return None
-            if info.peer_url.rstrip("/") != url.rstrip("/"):
-                return None
-            key = info.public_key
-            if len(self._peer_keys) >= MAX_PEER_KEYS:
-                self._peer_keys.clear()
-            self._peer_keys[url] = key
-        return key
 
 
 def _unsettled(result) -> bool:

@@ -20,6 +20,7 @@ from pathlib import Path
 from p2pcache.config import Config
 from p2pcache.net.identity import NodeIdentity
 from p2pcache.net.peer_client import PeerClient
+from p2pcache.net.peer_keys import PeerKeys
 from p2pcache.trust.attestation_verifier import ConsistencyProofSource, no_consistency_proofs
 from p2pcache.trust.builder_log import TRUST_DIR, BuilderLog
 from p2pcache.trust.checkpoint_list import MAX_LISTED_CHECKPOINTS
@@ -84,6 +85,7 @@ class LogWatching:
         client: PeerClient,
         peers: Callable[[], Sequence[str]],
         proof_source: ConsistencyProofSource = no_consistency_proofs,
+        peer_keys: PeerKeys | None = None,
     ) -> None:
         """Start the rounds: gossip after a first interval (peers are still being met), the
         witness and the cosignature collector at once."""
@@ -95,6 +97,7 @@ class LogWatching:
             fanout=config.gossip_fanout,
             counters=self.counters,
             proof_source=proof_source,
+            peer_keys=peer_keys,
         )
         rounds = [
             PeriodicRounds(
