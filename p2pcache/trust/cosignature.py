@@ -27,11 +27,11 @@ import nacl.exceptions
 import nacl.signing
 
 from p2pcache.trust.signed_note import (
-    ED25519_PUBLIC_KEY_SIZE,
     ED25519_SIGNATURE_SIZE,
     NoteSignature,
     NoteVerificationError,
     check_key_name,
+    check_named_ed25519_key,
     check_note_text,
     key_id,
 )
@@ -85,9 +85,7 @@ class CosignatureVerifier:
     public_key: bytes
 
     def __post_init__(self) -> None:
-        check_key_name(self.name)
-        if len(self.public_key) != ED25519_PUBLIC_KEY_SIZE:
-            raise ValueError("an Ed25519 public key is 32 bytes")
+        check_named_ed25519_key(self.name, self.public_key)
 
     @property
     def key_id(self) -> bytes:

@@ -234,6 +234,13 @@ def verify_note(
     return tuple(passed.values())
 
 
+def check_named_ed25519_key(name: str, public_key: bytes) -> None:
+    """A key a verifier knows: a valid key name, and 32 bytes of Ed25519 public key."""
+    check_key_name(name)
+    if len(public_key) != ED25519_PUBLIC_KEY_SIZE:
+        raise ValueError("an Ed25519 public key is 32 bytes")
+
+
 @dataclass(frozen=True, slots=True)
 class Ed25519NoteVerifier:
     """A known Ed25519 note key (type 0x01): signatures are Ed25519 over the note text."""
@@ -242,9 +249,7 @@ class Ed25519NoteVerifier:
     public_key: bytes
 
     def __post_init__(self) -> None:
-        check_key_name(self.name)
-        if len(self.public_key) != ED25519_PUBLIC_KEY_SIZE:
-            raise ValueError("an Ed25519 public key is 32 bytes")
+        check_named_ed25519_key(self.name, self.public_key)
 
     @property
     def key_id(self) -> bytes:
