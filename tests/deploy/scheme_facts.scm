@@ -8,29 +8,11 @@
 ;;;   package NAME VERSION             each (package (name ...) (version ...)) form
 ;;;   propagated-input ATOM            python-* names inside (propagated-inputs ...)
 ;;;
-;;; Guix files use the gexp reader syntax (#~ #$ #$@ #+), which plain Guile does not know;
-;;; it is taught here the way (guix gexp) extends the reader, as plain tagged lists.
+;;; The gexp reader syntax Guix files use is taught to Guile by guix_reader.scm.
 
 (use-modules (ice-9 match))
 
-(define (tagging-reader plain splicing)
-  (lambda (chr port)
-    (if (and splicing (eqv? (peek-char port) #\@))
-        (begin (read-char port) (list splicing (read port)))
-        (list plain (read port)))))
-
-(read-hash-extend #\~ (tagging-reader 'gexp #f))
-(read-hash-extend #\$ (tagging-reader 'ungexp 'ungexp-splicing))
-(read-hash-extend #\+ (tagging-reader 'ungexp-native 'ungexp-native-splicing))
-
-(define (read-forms file)
-  (call-with-input-file file
-    (lambda (port)
-      (let loop ((forms '()))
-        (let ((form (read port)))
-          (if (eof-object? form)
-              (reverse forms)
-              (loop (cons form forms))))))))
+(load "guix_reader.scm")  ; the gexp reader syntax, and read-forms
 
 (define (say . items)
   (display (string-join (map (lambda (item)

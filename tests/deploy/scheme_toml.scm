@@ -12,24 +12,7 @@
 
 (use-modules (ice-9 match) (srfi srfi-1) (srfi srfi-34))
 
-(define (tagging-reader plain splicing)
-  (lambda (chr port)
-    (if (and splicing (eqv? (peek-char port) #\@))
-        (begin (read-char port) (list splicing (read port)))
-        (list plain (read port)))))
-
-(read-hash-extend #\~ (tagging-reader 'gexp #f))
-(read-hash-extend #\$ (tagging-reader 'ungexp 'ungexp-splicing))
-(read-hash-extend #\+ (tagging-reader 'ungexp-native 'ungexp-native-splicing))
-
-(define (read-forms file)
-  (call-with-input-file file
-    (lambda (port)
-      (let loop ((forms '()))
-        (let ((form (read port)))
-          (if (eof-object? form)
-              (reverse forms)
-              (loop (cons form forms))))))))
+(load "guix_reader.scm")  ; the gexp reader syntax, and read-forms
 
 (define (G_ message) message)
 (define (formatted-message format-string . arguments)
