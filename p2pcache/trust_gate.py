@@ -23,6 +23,7 @@ By default the node knows no attestation and can get no proof (which is evidence
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -178,22 +179,32 @@ class TrustGate:
             raise P2PCacheError(
                 f"the NAR of {item.store_path} has another chunk root than its builders attest"
             )
-        self._carry_agreeing(item.hash_part, bundles, decision)
+        await self._carry_agreeing(item.hash_part, bundles, decision)
 
-    def _carry_agreeing(self, hash_part: str, bundles: list[bytes], decision: Decision) -> None:
+    async def _carry_agreeing(
+        self, hash_part: str, bundles: list[bytes], decision: Decision
+    ) -> None:
         """Keep the bundles of the builders that agreed, so this node hands them on with the
-        item and it verifies elsewhere while those builders are offline."""
+        item and it verifies elsewhere while those builders are offline. The store is a
+        durable SQLite file (an fsync per write): kept in a thread, off the event loop."""
         agreeing = {builder.key for builder in decision.agreeing}
+        kept = []
         for data in bundles:
             try:
                 bundle = parse_bundle(data)
             except FormatError:
                 continue
             if bundle.attestation.attestation.builder in agreeing:
-                try:
-                    self.carry(hash_part, bundle)
-                except P2PCacheError as e:
-                    log.info("could not keep a bundle for %s: %s", hash_part, e)
+                kept.append(bundle)
+        if kept:
+            await asyncio.to_thread(self._carry_all, hash_part, kept)
+
+    def _carry_all(self, hash_part: str, bundles: list[AttestationBundle]) -> None:
+        for bundle in bundles:
+            try:
+                self.carry(hash_part, bundle)
+            except P2PCacheError as e:
+                log.info("could not keep a bundle for %s: %s", hash_part, e)
 
     async def challenge(self, basename: str) -> dict:
         """What each trusted builder attests for a store item (`p2pcache challenge`).

@@ -56,7 +56,8 @@ class PeerEvidence:
         self.peer_keys = peer_keys or PeerKeys(client)
 
     async def attestations_for(self, hash_part: str) -> list[bytes]:
-        bundles = list(self.local_bundles(hash_part))
+        # The node's own bundle is proven from its log on disk: read in a thread.
+        bundles = list(await asyncio.to_thread(self.local_bundles, hash_part))
         peers = self.ranking.order(await self.providers(hash_part))[: self.fanout]
         answers = await asyncio.gather(*(self._from_peer(url, hash_part) for url in peers))
         for answer in answers:
