@@ -164,14 +164,16 @@ class IndexedItem:
         return self.state is State.BAKED and self.nar_file is not None
 
 
-_NIX32_TO_BASE32 = str.maketrans(
-    "0123456789abcdfghijklmnpqrsvwxyz", "0123456789abcdefghijklmnopqrstuv"
+# A bytes table: bytes.translate is twice as fast as str.translate with a mapping, and
+# row_key runs on every narinfo read from the index.
+_NIX32_TO_BASE32 = bytes.maketrans(
+    b"0123456789abcdfghijklmnpqrsvwxyz", b"0123456789abcdefghijklmnopqrstuv"
 )
 
 
 def row_key(hash_part: str) -> int:
     """The rowid an item is stored under: the first 60 bits of its hash part."""
-    return int(hash_part[:12].translate(_NIX32_TO_BASE32), 32)
+    return int(hash_part[:12].encode().translate(_NIX32_TO_BASE32), 32)
 
 
 def _item(row: Sequence) -> IndexedItem:

@@ -35,6 +35,7 @@ from p2pcache.guix.narinfo import render_own_url_groups
 from p2pcache.metrics import NodeMetrics
 from p2pcache.server.http_response import (
     AnyResponse,
+    FastReply,
     FileResponse,
     RawResponse,
     Response,
@@ -55,6 +56,9 @@ _NARINFO_TARGET = re.compile(rf"/([{_NIX32}]{{32}})\.narinfo\Z".encode())
 _NAR_PATH = re.compile(rf"/nar/(?:(zstd)/)?([{_NIX32}]{{32}})-([A-Za-z0-9+\-._?=]{{1,211}})\Z")
 
 Resolver = Callable[[str], Awaitable[IndexedItem | None]]
+
+HOT_ADMISSION_ONE_IN = 8
+"""One narinfo answered from the index in this many enters the pre-rendered table."""
 
 # State values as stored (plain strings compare faster than through the enum).
 _BAKED, _CORRUPT = State.BAKED.value, State.CORRUPT.value
@@ -106,6 +110,7 @@ class GuixEndpoint:
         # Pre-rendered narinfos by request target (b"/<hash>.narinfo"), oldest first. Bytes,
         # so that the server's fast path can look a target up before it makes a Request.
         self._hot: OrderedDict[bytes, RawResponse] = OrderedDict()
+        self._answers_until_admission = 1  # the first answer from the index is admitted
         self.accessed = AccessLog()
         self._lookups = metrics.narinfo_lookups
         ttl = settings.narinfo_ttl
@@ -143,7 +148,7 @@ class GuixEndpoint:
 
     # -- dispatch -----------------------------------------------------------------------------
 
-    def fast_answer(self, target: bytes) -> RawResponse | None:
+    def fast_answer(self, target: bytes) -> RawResponse | FastReply | None:
         """The server's FastAnswer: a narinfo hit by raw request target, or None.
 
         A pre-rendered narinfo, else a signed item read from the index; everything else (a
@@ -166,7 +171,10 @@ class GuixEndpoint:
         ):
             return None
         self._lookups.hits += 1
-        return self._render_narinfo(fields)
+        if self._admit():
+            return self._render_narinfo(fields, remember=True)
+        body = self._narinfo_body(fields)
+        return FastReply(self._narinfo_head % len(body) + body, 200, "narinfo")
 
     def handle(self, request) -> AnyResponse | Awaitable[AnyResponse]:
         path: str = request.path
@@ -200,7 +208,7 @@ class GuixEndpoint:
         if fields is not None and fields.state != _CORRUPT:
             if fields.signed_part is not None and fields.signature is not None:
                 self._lookups.hits += 1
-                return self._render_narinfo(fields)
+                return self._render_narinfo(fields, remember=self._admit())
             item = self.index.get(hash_part)  # rare: an item this node has not signed yet
             if item is not None and item.state is not State.CORRUPT:
                 self._lookups.hits += 1
@@ -226,23 +234,26 @@ class GuixEndpoint:
         if item.signed_part is None or item.signature is None:
             item = self.sign_item(item)
         assert item.signed_part is not None and item.signature is not None
-        return self._render_narinfo(
-            NarinfoFields(
-                item.hash_part,
-                item.store_path,
-                item.nar_size,
-                item.state,
-                item.nar_file,
-                item.file_size,
-                item.signed_part,
-                item.signature,
-            )
+        fields = NarinfoFields(
+            item.hash_part,
+            item.store_path,
+            item.nar_size,
+            item.state,
+            item.nar_file,
+            item.file_size,
+            item.signed_part,
+            item.signature,
         )
+        # An item just signed or fetched is likely to be asked for again soon (Guix asks
+        # for the narinfo, then others on the same machine do): always remembered.
+        return self._render_narinfo(fields, remember=True)
 
-    def _render_narinfo(self, fields: NarinfoFields) -> RawResponse:
-        """The 200 for a signed item, remembered as hot."""
+    @staticmethod
+    def _narinfo_body(fields: NarinfoFields) -> bytes:
+        """The narinfo of a signed item: its stored signed part and Signature line, then the
+        URL groups of the forms this node holds now."""
         baked = fields.state == _BAKED and fields.nar_file is not None
-        body = (
+        return (
             fields.signed_part  # type: ignore[operator]
             + fields.signature
             + render_own_url_groups(
@@ -251,10 +262,31 @@ class GuixEndpoint:
                 fields.file_size if baked else None,
             )
         )
+
+    def _render_narinfo(self, fields: NarinfoFields, *, remember: bool) -> RawResponse:
+        """The 200 for a signed item, remembered as hot if asked."""
+        body = self._narinfo_body(fields)
         head = self._narinfo_head % len(body)
         response = RawResponse(head + body, len(head), 200, "narinfo")
-        self.remember(fields.hash_part, response)
+        if remember:
+            self.remember(fields.hash_part, response)
         return response
+
+    def _admit(self) -> bool:
+        """Whether this answer from the index should enter the pre-rendered table: one in
+        HOT_ADMISSION_ONE_IN.
+
+        Sampling keeps one-off lookups (a client scanning many items, or a million items asked
+        at random) from flushing the table: an item asked often gets in after a handful of
+        answers, and an item asked once almost never does. Remembering every answer cost
+        about a fifth of the request on random keys over a million items (building the
+        response object, inserting it, dropping the oldest; py-spy, 2026-11-25).
+        """
+        self._answers_until_admission -= 1
+        if self._answers_until_admission > 0:
+            return False
+        self._answers_until_admission = HOT_ADMISSION_ONE_IN
+        return True
 
     def remember(self, hash_part: str, response: RawResponse) -> None:
         if self.settings.hot_narinfos <= 0:

@@ -33,6 +33,7 @@ import stat
 from collections.abc import AsyncIterable
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import NamedTuple
 
 Headers = tuple[tuple[str, str], ...]
 
@@ -117,6 +118,20 @@ class Response:
         """Render once, for a handler that answers the same bytes many times."""
         head = self.head()
         return RawResponse(head + self.body, len(head), self.status, self.label)
+
+
+class FastReply(NamedTuple):
+    """A whole GET response as one buffer, for the server's fast path only.
+
+    A RawResponse validates its head and sets frozen fields one by one; on a narinfo read
+    from the index for one answer only (a million items, random keys) that was about 4 us of
+    a ~35 us request (py-spy, 2026-11-25). The fast path writes `data` as it is, so no head
+    length is needed: it never answers HEAD or splices a Connection header.
+    """
+
+    data: bytes
+    status: int
+    label: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,8 +12,8 @@ import pytest
 from p2pcache.cache.index import CacheIndex, IndexedItem, NewItem, Origin
 from p2pcache.cache.nar_store import NarStore
 from p2pcache.metrics import NodeMetrics
-from p2pcache.server.guix_endpoint import EndpointSettings, GuixEndpoint
-from p2pcache.server.http_response import RawResponse
+from p2pcache.server.guix_endpoint import HOT_ADMISSION_ONE_IN, EndpointSettings, GuixEndpoint
+from p2pcache.server.http_response import FastReply, RawResponse
 from p2pcache.server.http_server import _new_request
 
 SIGNED = "a" * 31 + "0"
@@ -85,14 +85,35 @@ async def test_a_signed_item_is_answered_then_served_hot_until_forgotten(index, 
     await index.mark_baked(SIGNED, "aa/x.zst", 99, b"table", b"r" * 32)
     assert ep.fast_answer(target) is first  # until the node says it changed
     ep.forget(SIGNED)
-    fresh = ep.fast_answer(target)
-    assert fresh is not None and fresh is not first
+    # Read from the index again (admitted to the hot table one answer in eight), every
+    # answer rendered from the change.
+    answers = [ep.fast_answer(target) for _ in range(HOT_ADMISSION_ONE_IN)]
+    fresh = answers[-1]
+    assert isinstance(fresh, RawResponse) and all(a is not first for a in answers)
+    assert all(isinstance(a, FastReply) for a in answers[:-1])
+    assert {a.data for a in answers} == {fresh.data}
     assert get(ep, SIGNED) is fresh  # the fresh rendering is the hot one now
     baked = body(fresh)
     assert f"URL: nar/zstd/{base}\nCompression: zstd\nFileSize: 99\n".encode() in baked
     assert baked.endswith(f"URL: nar/{base}\nCompression: none\nFileSize: 4321\n".encode())
     lookups = ep.metrics.narinfo_lookups
-    assert (lookups.hits, lookups.misses) == (5, 0)
+    assert (lookups.hits, lookups.misses) == (4 + HOT_ADMISSION_ONE_IN, 0)
+
+
+async def test_one_answer_from_the_index_in_eight_enters_the_hot_table(index, tmp_path):
+    """Items asked once do not each push an entry into the bounded hot table; the answers
+    that stay out are the very bytes the handler sends."""
+    hashes = [f"{n:02d}" + "x" * 30 for n in range(10 * HOT_ADMISSION_ONE_IN)]
+    await index.add_items([new_item(h, True) for h in hashes])
+    ep = endpoint(index, tmp_path, [])
+    targets = [f"/{h}.narinfo".encode() for h in hashes]
+    first = [ep.fast_answer(t) for t in targets]
+    again = [ep.fast_answer(t) for t in targets]
+    kept = [a for a, b in zip(first, again, strict=True) if a is b]
+    assert len(kept) == 10 and all(isinstance(a, RawResponse) for a in kept)
+    for h, answer in zip(hashes, first, strict=True):
+        assert answer is not None and answer.status == 200 and answer.label == "narinfo"
+        assert answer.data == get(ep, h).data
 
 
 async def test_the_fast_answer_leaves_misses_unsigned_and_corrupt_items_to_the_handler(
