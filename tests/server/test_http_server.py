@@ -23,7 +23,13 @@ from p2pcache.server.http_response import (
     StreamResponse,
     render_head,
 )
-from p2pcache.server.http_server import Request, ServerLimits, _new_request, decode_target
+from p2pcache.server.http_server import (
+    _WRITE_TOGETHER,
+    Request,
+    ServerLimits,
+    _new_request,
+    decode_target,
+)
 from tests.server import (
     RawClient,
     both_loops,
@@ -266,6 +272,45 @@ async def test_a_close_after_unread_pipelined_requests_still_delivers_the_answer
         await asyncio.sleep(0.1)  # let the server answer and close while requests are unread
         answer = await client.read_answer()
         assert answer.body == body
+        assert await client.read_to_eof() == b""
+        await client.close()
+
+
+@both_loops
+async def test_answers_of_many_connections_read_at_once_all_arrive_then_the_close() -> None:
+    """Fast-path answers of the connections read in one loop iteration are written together,
+    in groups; each client here pipelines its requests and half-closes before the server
+    runs again, and still gets every answer, in order, and then the close."""
+
+    def fast(target: bytes) -> RawResponse | None:
+        return HOT if target.startswith(b"/hot/") else None
+
+    async with serving(echo_path, fast_answer=fast) as server:
+        clients = [await RawClient.connect(server) for _ in range(3 * _WRITE_TOGETHER + 1)]
+        for n, client in enumerate(clients):
+            client.writer.write(request(f"/hot/{n}") * 3 + request(f"/echo/{n}"))
+            client.writer.write_eof()
+        for n, client in enumerate(clients):
+            for _ in range(3):
+                assert (await client.read_answer()).body == HOT.data[HOT.head_length :]
+            assert (await client.read_answer()).body == f"/echo/{n}".encode()
+            assert await client.read_to_eof() == b""
+            await client.close()
+
+
+@both_loops
+async def test_an_end_of_input_read_with_the_requests_still_gets_their_answers() -> None:
+    """A loop may hand the server a read and the end of input before the answers of that read
+    are written (they wait for the other connections read meanwhile): they must still go out
+    before the close. Driven on the real connection, in the order such a loop calls it."""
+    async with serving(echo_path, fast_answer=lambda target: HOT) as server:
+        client = await RawClient.connect(server)
+        await eventually(lambda: len(server._connections) == 1)
+        (conn,) = server._connections
+        conn.data_received(request("/a") * 2)
+        assert conn.eof_received() is True  # keep the transport: answers are pending
+        for _ in range(2):
+            assert (await client.read_answer()).body == HOT.data[HOT.head_length :]
         assert await client.read_to_eof() == b""
         await client.close()
 
