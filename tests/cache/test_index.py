@@ -3,17 +3,23 @@
 import asyncio
 import contextlib
 import sqlite3
+import tempfile
+from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from p2pcache.cache.index import (
     MIGRATIONS,
     CacheIndex,
     CacheIndexError,
+    IndexStats,
     NewItem,
     Origin,
     State,
     row_key,
+    sql_statements,
 )
 
 HASH_A = "a" * 31 + "0"
@@ -198,3 +204,102 @@ async def test_the_shared_snapshot_lasts_one_loop_iteration_or_until_ended(index
     assert index.narinfo_fields_in_snapshot(HASH_A).state == "unbaked"
     await index.add_items([new_item(HASH_B)])  # our own writer, across iterations too
     assert index.narinfo_fields_in_snapshot(HASH_B).hash_part == HASH_B
+
+
+# -- the totals that `stats` reads -----------------------------------------------------------
+
+# Six hashes, two of them sharing their first 60 bits (one of those gets an ordinary rowid).
+TOTALS_HASHES = [c * 31 + "0" for c in "abcdf"] + ["a" * 12 + "b" * 19 + "0"]
+
+_RECOUNT = (
+    "SELECT count(*), count(nar_file), coalesce(sum(state = 'corrupt'), 0),"
+    " coalesce(sum(file_size) FILTER (WHERE nar_file IS NOT NULL), 0) FROM items"
+)
+
+_operation = st.tuples(
+    st.sampled_from(["add", "bake", "unbake", "corrupt", "remove", "touch"]),
+    st.sampled_from(TOTALS_HASHES),
+    st.integers(min_value=0, max_value=10**12),
+)
+
+
+async def _apply(index: CacheIndex, operation: tuple[str, str, int]) -> None:
+    name, hash_part, size = operation
+    if name == "add":
+        await index.add_items([new_item(hash_part)])
+    elif name == "bake":
+        await index.mark_baked(hash_part, f"{hash_part[:2]}/{hash_part}.zst", size, b"t", b"r")
+    elif name == "unbake":
+        await index.mark_unbaked(hash_part)
+    elif name == "corrupt":
+        await index.mark_corrupt(hash_part)
+    elif name == "remove":
+        await index.remove([hash_part])
+    else:
+        await index.touch({hash_part: size})
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(_operation, max_size=25))
+def test_the_totals_always_equal_a_full_count(operations: list[tuple[str, str, int]]) -> None:
+    """Whatever the writes, the trigger-kept totals are what counting every row gives."""
+    assert row_key(TOTALS_HASHES[0]) == row_key(TOTALS_HASHES[-1])
+
+    async def run(path: Path) -> None:
+        async with CacheIndex(path) as index:
+            for operation in operations:
+                await _apply(index, operation)
+                stats = await index.stats()
+                counted = sqlite3.connect(path).execute(_RECOUNT).fetchone()
+                assert (stats.items, stats.baked, stats.corrupt, stats.cached_bytes) == counted
+
+    with tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(run(Path(tmp) / "index.sqlite"))
+
+
+async def test_an_index_of_the_first_schema_gets_its_totals_counted_once(tmp_path):
+    """Migration 2 counts what an existing index holds; the triggers take over from there."""
+    path = tmp_path / "v1.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, dated TEXT NOT NULL,"
+        " description TEXT NOT NULL, applied_at INTEGER NOT NULL);" + MIGRATIONS[0][3]
+    )
+    db.execute("INSERT INTO schema_migrations VALUES (1, ?, ?, 0)", MIGRATIONS[0][1:3])
+    for n, (hash_part, state, nar_file, size) in enumerate(
+        [
+            (HASH_A, "baked", "aa/a.zst", 100),
+            (HASH_B, "unbaked", None, None),
+            ("c" * 31 + "0", "corrupt", None, None),
+            ("d" * 31 + "0", "baked", "dd/d.zst", 23),
+        ]
+    ):
+        db.execute(
+            "INSERT INTO items (key, hash_part, store_path, nar_hash, nar_size, refs, origin,"
+            " state, nar_file, file_size, added_at, last_access)"
+            " VALUES (?, ?, ?, 'sha256:x', 1, '', 'store', ?, ?, ?, 0, 0)",
+            (n, hash_part, f"/gnu/store/{hash_part}-x", state, nar_file, size),
+        )
+    db.commit()
+    db.close()
+    async with CacheIndex(path) as index:
+        assert index.schema_version() == max(m[0] for m in MIGRATIONS)
+        assert await index.stats() == IndexStats(items=4, baked=2, corrupt=1, cached_bytes=123)
+        await index.remove([HASH_A])
+        assert await index.stats() == IndexStats(items=3, baked=1, corrupt=1, cached_bytes=23)
+
+
+def test_migration_scripts_split_into_whole_statements():
+    script = (
+        "CREATE TABLE t (x);\n"
+        "CREATE TRIGGER g AFTER INSERT ON t BEGIN UPDATE t SET x = 1; UPDATE t SET x = 2; END;\n"
+        "  ;\n"
+    )
+    assert sql_statements(script) == [
+        "CREATE TABLE t (x);",
+        "CREATE TRIGGER g AFTER INSERT ON t BEGIN UPDATE t SET x = 1; UPDATE t SET x = 2; END;",
+    ]
+    with pytest.raises(ValueError, match="incomplete"):
+        sql_statements("CREATE TRIGGER g AFTER INSERT ON t BEGIN UPDATE t SET x = 1;")
+    for _version, _dated, _description, sql in MIGRATIONS:
+        assert all(sqlite3.complete_statement(s) for s in sql_statements(sql))
