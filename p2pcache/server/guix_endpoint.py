@@ -162,19 +162,18 @@ class GuixEndpoint:
         match = _NARINFO_TARGET.match(target)
         if match is None:
             return None
-        fields = self.index.narinfo_fields_in_snapshot(match.group(1).decode())
-        if (
-            fields is None
-            or fields.state == _CORRUPT
-            or fields.signed_part is None
-            or fields.signature is None
-        ):
+        hash_part = match.group(1).decode()
+        found = self.index.servable_narinfo_in_snapshot(hash_part)
+        if found is None:
             return None
         self._lookups.hits += 1
+        body = found.signed + render_own_url_groups(found.basename, found.nar_size, found.zstd_size)
+        head = self._narinfo_head % len(body)
         if self._admit():
-            return self._render_narinfo(fields, remember=True)
-        body = self._narinfo_body(fields)
-        return FastReply(self._narinfo_head % len(body) + body, 200, "narinfo")
+            response = RawResponse(head + body, len(head), 200, "narinfo")
+            self.remember(hash_part, response)
+            return response
+        return FastReply(head + body, 200, "narinfo")
 
     def handle(self, request) -> AnyResponse | Awaitable[AnyResponse]:
         path: str = request.path

@@ -192,18 +192,45 @@ def write_elsewhere(index: CacheIndex, sql: str, params: tuple) -> None:
 
 async def test_the_shared_snapshot_lasts_one_loop_iteration_or_until_ended(index):
     await index.add_items([new_item(HASH_A)])
+    await index.set_signature(HASH_A, b"StorePath: x\n", b"Signature: 1;h;x\n")
     mark = "UPDATE items SET state = ? WHERE hash_part = ?"
-    assert index.narinfo_fields_in_snapshot(HASH_A).state == "unbaked"
+    assert index.servable_narinfo_in_snapshot(HASH_A) is not None
     write_elsewhere(index, mark, ("corrupt", HASH_A))
-    assert index.narinfo_fields_in_snapshot(HASH_A).state == "unbaked"  # same iteration
+    assert index.servable_narinfo_in_snapshot(HASH_A) is not None  # same iteration
     assert index.narinfo_fields(HASH_A).state == "corrupt"  # the other reader is fresh
     index.end_snapshot()
-    assert index.narinfo_fields_in_snapshot(HASH_A).state == "corrupt"
+    assert index.servable_narinfo_in_snapshot(HASH_A) is None
     write_elsewhere(index, mark, ("unbaked", HASH_A))
     await asyncio.sleep(0)  # the iteration ends, and the snapshot with it
-    assert index.narinfo_fields_in_snapshot(HASH_A).state == "unbaked"
+    assert index.servable_narinfo_in_snapshot(HASH_A) is not None
     await index.add_items([new_item(HASH_B)])  # our own writer, across iterations too
-    assert index.narinfo_fields_in_snapshot(HASH_B).hash_part == HASH_B
+    await index.set_signature(HASH_B, b"StorePath: y\n", b"Signature: 1;h;y\n")
+    assert index.servable_narinfo_in_snapshot(HASH_B).hash_part == HASH_B
+
+
+async def test_a_servable_narinfo_is_a_signed_item_that_is_not_corrupt(index):
+    first = "abcdfghijklm" + "0" * 20
+    second = "abcdfghijklm" + "1" * 20  # same row key: an ordinary rowid
+    await index.add_items([new_item(first), new_item(second), new_item(HASH_A)])
+    assert index.servable_narinfo_in_snapshot(first) is None  # not signed yet
+    for h in (first, second, HASH_A):
+        await index.set_signature(h, b"StorePath: %s\n" % h.encode(), b"Signature: 1;h;s\n")
+    index.end_snapshot()
+    servable = index.servable_narinfo_in_snapshot(second)
+    assert servable == (
+        second,
+        b"StorePath: %s\nSignature: 1;h;s\n" % second.encode(),
+        f"{second}-x",
+        1234,
+        None,
+    )
+    await index.mark_baked(first, "aa/x.zst", 99, b"table", b"r" * 32)
+    await index.mark_corrupt(HASH_A)
+    index.end_snapshot()
+    assert index.servable_narinfo_in_snapshot(first).zstd_size == 99
+    assert index.servable_narinfo_in_snapshot(second).zstd_size is None
+    assert index.servable_narinfo_in_snapshot(HASH_A) is None
+    assert index.servable_narinfo_in_snapshot(HASH_B) is None  # unknown
 
 
 # -- the totals that `stats` reads -----------------------------------------------------------
