@@ -11,9 +11,8 @@ from aiohttp import web
 from p2pcache.guix.signing_key import generate_key_pair
 from p2pcache.net.narinfo_batcher import NarinfoBatcher
 from p2pcache.net.peer_client import PeerClient, PeerMisbehaved
-from p2pcache.server.admin_app import AiohttpListener
 from p2pcache.server.peer_app import PeerAPI
-from tests.net.peer_servers import peer_server
+from tests.net.peer_servers import app_server, peer_server
 from tests.seeded_cache import seed_cache
 
 UNKNOWN = [f"{n:032d}".replace("0", "b") for n in range(130)]
@@ -101,21 +100,15 @@ async def test_a_peer_without_lists_is_asked_one_by_one(seeded):
     api = CountingPeerAPI(seeded.index, seeded.nar_store, None, "")
     app = web.Application()
     app.router.add_get("/p2p/v1/narinfo/{hash}", api.narinfo)
-    listener = AiohttpListener(app, "127.0.21.5", 0)
-    await listener.start()
-    url = f"http://127.0.21.5:{listener.port}"
-    try:
-        async with aiohttp.ClientSession() as session:
-            batcher = NarinfoBatcher(PeerClient(session))
-            asked = [*seeded.hash_parts, UNKNOWN[0]]
-            answers = await asyncio.gather(*(batcher.narinfo(url, h) for h in asked))
-            assert all(answers[:3]) and answers[3] is None
-            assert CountingPeerAPI.served == {"narinfo": 4}
-            assert batcher.requests == 1 + 4  # the list that got a 404, then each alone
-            await asyncio.gather(*(batcher.narinfo(url, h) for h in asked))
-            assert batcher.requests == 5 + 4  # remembered: no list asked again
-    finally:
-        await listener.stop()
+    async with app_server(app, "127.0.21.5") as url, aiohttp.ClientSession() as session:
+        batcher = NarinfoBatcher(PeerClient(session))
+        asked = [*seeded.hash_parts, UNKNOWN[0]]
+        answers = await asyncio.gather(*(batcher.narinfo(url, h) for h in asked))
+        assert all(answers[:3]) and answers[3] is None
+        assert CountingPeerAPI.served == {"narinfo": 4}
+        assert batcher.requests == 1 + 4  # the list that got a 404, then each alone
+        await asyncio.gather(*(batcher.narinfo(url, h) for h in asked))
+        assert batcher.requests == 5 + 4  # remembered: no list asked again
 
 
 async def test_a_malformed_list_counts_against_the_peer_for_every_item_in_it():
@@ -127,15 +120,9 @@ async def test_a_malformed_list_counts_against_the_peer_for_every_item_in_it():
 
     app = web.Application()
     app.router.add_get("/p2p/v1/narinfos/{hashes}", wrong_order)
-    listener = AiohttpListener(app, "127.0.21.6", 0)
-    await listener.start()
-    url = f"http://127.0.21.6:{listener.port}"
-    try:
-        async with aiohttp.ClientSession() as session:
-            batcher = NarinfoBatcher(PeerClient(session))
-            answers = await asyncio.gather(
-                *(batcher.narinfo(url, h) for h in UNKNOWN[:3]), return_exceptions=True
-            )
-            assert all(isinstance(a, PeerMisbehaved) for a in answers), answers
-    finally:
-        await listener.stop()
+    async with app_server(app, "127.0.21.6") as url, aiohttp.ClientSession() as session:
+        batcher = NarinfoBatcher(PeerClient(session))
+        answers = await asyncio.gather(
+            *(batcher.narinfo(url, h) for h in UNKNOWN[:3]), return_exceptions=True
+        )
+        assert all(isinstance(a, PeerMisbehaved) for a in answers), answers
