@@ -65,6 +65,9 @@ class Batch:
     found: int
     udp_dropped: int
     """The machine's UDP receive-buffer drops meanwhile (other work on it counts too)."""
+    cpu: dict[str, tuple[float, float]]
+    """CPU seconds (user, system; all threads) each node process and this client used
+    meanwhile: which one the batch waited for."""
 
 
 def udp_receive_buffer_errors() -> int:
@@ -73,14 +76,30 @@ def udp_receive_buffer_errors() -> int:
     return int(values[names.index("RcvbufErrors")])
 
 
-def timed_narinfos(node: NodeProcess, hashes: list[str]) -> Batch:
+def cpu_seconds(nodes: list[NodeProcess]) -> dict[str, tuple[float, float]]:
+    """Each node process's CPU time so far (utime, stime in /proc/PID/stat), and ours."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    ours = os.times()
+    used = {"client": (ours.user, ours.system)}
+    for node in nodes:
+        fields = Path(f"/proc/{node.proc.pid}/stat").read_text().rpartition(")")[2].split()
+        used[node.name] = (int(fields[11]) / ticks, int(fields[12]) / ticks)
+    return used
+
+
+def timed_narinfos(node: NodeProcess, hashes: list[str], nodes: list[NodeProcess]) -> Batch:
     """One pipelined batch on one connection: its time and how many answers were 200."""
     dropped = udp_receive_buffer_errors()
+    cpu_before = cpu_seconds(nodes)
     started = time.monotonic()
     replies = asyncio.run(guix_client.narinfos(node.host, node.guix_port, hashes))
     seconds = time.monotonic() - started
+    cpu = {
+        name: (user - cpu_before[name][0], system - cpu_before[name][1])
+        for name, (user, system) in cpu_seconds(nodes).items()
+    }
     dropped = udp_receive_buffer_errors() - dropped
-    return Batch(seconds, len(hashes), sum(r.status == 200 for r in replies), dropped)
+    return Batch(seconds, len(hashes), sum(r.status == 200 for r in replies), dropped, cpu)
 
 
 def report(singles: list[Batch], batches: list[Batch]) -> bool:
@@ -171,16 +190,20 @@ def main() -> None:
             print(f"seeder with {len(hashes)} items, {args.dht_nodes} DHT-only nodes, asker")
             fresh = iter(hashes)
             for _ in range(WARM_UP):
-                timed_narinfos(asker, [next(fresh)])
+                timed_narinfos(asker, [next(fresh)], network.nodes)
             singles: list[Batch] = []
             batches: list[Batch] = []
             for round_number in range(1, args.rounds + 1):
                 time.sleep(PAUSE)
-                these = [timed_narinfos(asker, [next(fresh)]) for _ in range(args.singles)]
+                these = [
+                    timed_narinfos(asker, [next(fresh)], network.nodes) for _ in range(args.singles)
+                ]
                 singles += these
                 time.sleep(PAUSE)
                 spy = py_spy(asker, work / f"profile-{round_number}.txt") if args.profile else None
-                batch = timed_narinfos(asker, [next(fresh) for _ in range(args.batch)])
+                batch = timed_narinfos(
+                    asker, [next(fresh) for _ in range(args.batch)], network.nodes
+                )
                 if spy is not None:
                     stop_py_spy(spy)
                 batches.append(batch)
@@ -191,6 +214,13 @@ def main() -> None:
                     f"{batch.seconds * 1000:.0f} ms ({batch.found} found, "
                     f"{batch.udp_dropped} UDP datagrams dropped by full receive buffers); "
                     f"load {os.getloadavg()[0]:.2f}"
+                )
+                asker_cpu = batch.cpu["asker"]
+                print(
+                    "  CPU during the batch (user + system): "
+                    + ", ".join(f"{name} {sum(used):.2f} s" for name, used in batch.cpu.items())
+                    + f"; asker {1000 * sum(asker_cpu) / batch.asked:.2f} ms per miss"
+                    f" ({1000 * asker_cpu[1] / batch.asked:.2f} ms of it in the kernel)"
                 )
             if any(b.found < b.asked for b in singles + batches):
                 print("some misses were answered 404 although a peer holds the item:")

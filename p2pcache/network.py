@@ -37,6 +37,7 @@ from p2pcache.net.dht import DHTConfig, DHTNode
 from p2pcache.net.dht_routing import ContactLimits
 from p2pcache.net.evidence_source import PeerEvidence
 from p2pcache.net.identity import NodeIdentity, load_or_create_identity
+from p2pcache.net.narinfo_batcher import NarinfoBatcher
 from p2pcache.net.network_metrics import NetworkCollector, NetworkCounters
 from p2pcache.net.peer_client import PeerClient
 from p2pcache.net.peer_ranking import PeerRanking
@@ -224,7 +225,9 @@ class PeerNetwork:
         )
         self.trust.attestations_for = self.evidence.attestations_for
         self.trust.consistency_proof = self.evidence.consistency_proof
-        sources = [peer_narinfo_source(self.directory, client, self.ranking)]
+        # The narinfos of a Guix batch's misses go to their providers in lists, not one by one.
+        narinfos = NarinfoBatcher(client)
+        sources = [peer_narinfo_source(self.directory, narinfos, self.ranking)]
         if config.upstreams:
             sources.append(self._upstream_source)
         self.resolver = MissResolver(

@@ -23,6 +23,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from p2pcache.cache.grouped_adds import GroupedAdds
 from p2pcache.cache.index import CacheIndex, IndexedItem, NewItem, Origin
 from p2pcache.errors import P2PCacheError
 from p2pcache.guix.narinfo import Narinfo
@@ -105,6 +106,8 @@ class MissResolver:
         trust: ItemTrust | None = None,
     ) -> None:
         self.index = index
+        # Items accepted at the same moment (a Guix batch) are recorded in one transaction.
+        self._adds = GroupedAdds(index.add_items)
         self.trust = trust
         self.acl = acl
         self.sources = sources
@@ -258,20 +261,18 @@ class MissResolver:
     async def _record(self, hash_part: str, candidate: Candidate, accepted: Judged) -> Resolution:
         narinfo = accepted.narinfo
         assert narinfo.store_path is not None and narinfo.nar_hash is not None
-        await self.index.add_items(
-            [
-                NewItem(
-                    hash_part=hash_part,
-                    store_path=narinfo.store_path,
-                    nar_hash=narinfo.nar_hash,
-                    nar_size=accepted.nar_size,
-                    references=narinfo.references or (),
-                    deriver=narinfo.deriver,
-                    origin=candidate.origin,
-                    signed_part=accepted.signed_part,
-                    signature=accepted.signature_line,
-                )
-            ]
+        await self._adds.add(
+            NewItem(
+                hash_part=hash_part,
+                store_path=narinfo.store_path,
+                nar_hash=narinfo.nar_hash,
+                nar_size=accepted.nar_size,
+                references=narinfo.references or (),
+                deriver=narinfo.deriver,
+                origin=candidate.origin,
+                signed_part=accepted.signed_part,
+                signature=accepted.signature_line,
+            )
         )
         item = self.index.get(hash_part)
         assert item is not None

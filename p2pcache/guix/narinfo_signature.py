@@ -34,11 +34,13 @@ import re
 from collections.abc import Sequence
 from enum import StrEnum
 from fractions import Fraction
+from typing import NamedTuple
 
 from p2pcache.errors import NarinfoFormatError, SexpError, SignatureError
 from p2pcache.guix import ed25519_ecdsa
 from p2pcache.guix.narinfo import (
     SIGNATURE_MARKER,
+    Narinfo,
     parse_fields,
     parse_narinfo,
     render_signature_line,
@@ -163,20 +165,33 @@ def verify_narinfo(data: bytes, authorized: Sequence[GuixPublicKey]) -> Signatur
         narinfo = parse_narinfo(data)
     except NarinfoFormatError:
         return SignatureStatus.PARSE_ERROR
+    return verify_parsed_narinfo(narinfo, authorized).status
+
+
+class NarinfoVerdict(NamedTuple):
+    status: SignatureStatus
+    signed_fields: frozenset[str]
+    """The names of the fields in the signed part (empty when it is absent or unreadable),
+    read once here for callers with rules of their own about them."""
+
+
+def verify_parsed_narinfo(narinfo: Narinfo, authorized: Sequence[GuixPublicKey]) -> NarinfoVerdict:
+    """`verify_narinfo` for a narinfo already parsed (a caller that needs it parsed anyway
+    saves parsing it twice); the verdict comes with the signed part's field names."""
     if narinfo.signed_part is None:
-        return SignatureStatus.UNSIGNED
+        return NarinfoVerdict(SignatureStatus.UNSIGNED, frozenset())
     try:  # narinfo-sha256 reads the signed part whether or not a Signature field follows
         fields = parse_fields(narinfo.signed_part.decode("utf-8"))
     except NarinfoFormatError:  # e.g. "Signature:" cut a line before its colon
-        return SignatureStatus.PARSE_ERROR
-    names = {name for name, _ in fields}
+        return NarinfoVerdict(SignatureStatus.PARSE_ERROR, frozenset())
+    names = frozenset(name for name, _ in fields)
     if narinfo.signature is None or not all(name in names for name in MANDATORY_SIGNED_FIELDS):
-        return SignatureStatus.UNSIGNED
+        return NarinfoVerdict(SignatureStatus.UNSIGNED, names)
     signature = decode_signature_field(narinfo.signature)
     if signature is None:
-        return SignatureStatus.UNSIGNED
+        return NarinfoVerdict(SignatureStatus.UNSIGNED, names)
     digest = hashlib.sha256(narinfo.signed_part).digest()
-    return signature_status(signature, digest, authorized)
+    return NarinfoVerdict(signature_status(signature, digest, authorized), names)
 
 
 _BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")

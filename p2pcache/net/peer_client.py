@@ -9,7 +9,7 @@ something malformed or oversized: try another and hold it against that peer).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -22,6 +22,12 @@ from p2pcache.cache.chunk_table import (
     encoded_size,
 )
 from p2pcache.errors import P2PCacheError
+from p2pcache.net.narinfo_list import (
+    MAX_NARINFOS_PER_REQUEST,
+    NarinfoListFormatError,
+    narinfo_list_size,
+    parse_narinfo_list,
+)
 from p2pcache.net.node_info import MAX_NODE_INFO_SIZE, NodeInfo, verify_node_info
 from p2pcache.trust.bundle_list import (
     MAX_BUNDLE_LIST_SIZE,
@@ -120,6 +126,23 @@ class PeerClient:
     async def narinfo(self, base: str, hash_part: str) -> bytes | None:
         url = peer_url(base, f"/p2p/v1/narinfo/{hash_part}")
         return await self._small(url, MAX_PEER_NARINFO, self.limits.small_timeout)
+
+    async def narinfos(
+        self, base: str, hash_parts: Sequence[str]
+    ) -> dict[str, bytes | None] | None:
+        """Several narinfos in one request (None: the peer does not answer narinfo lists,
+        e.g. an older node; ask for each alone). Each is bounded as `narinfo` bounds one."""
+        if not 1 <= len(hash_parts) <= MAX_NARINFOS_PER_REQUEST:
+            raise ValueError(f"a narinfo list asks for 1 to {MAX_NARINFOS_PER_REQUEST} items")
+        url = peer_url(base, "/p2p/v1/narinfos/" + ",".join(hash_parts))
+        limit = narinfo_list_size(len(hash_parts), MAX_PEER_NARINFO)
+        data = await self._small(url, limit, self.limits.small_timeout)
+        if data is None:
+            return None
+        try:
+            return parse_narinfo_list(data, hash_parts, MAX_PEER_NARINFO)
+        except NarinfoListFormatError as e:
+            raise PeerMisbehaved(f"{url}: {e}") from None
 
     async def chunk_table(self, base: str, hash_part: str) -> ChunkTable | None:
         url = peer_url(base, f"/p2p/v1/chunks/{hash_part}")

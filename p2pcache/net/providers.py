@@ -13,15 +13,22 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol
 
 from p2pcache.cache.index import Origin
 from p2pcache.errors import P2PCacheError
-from p2pcache.net.peer_client import PeerClient, PeerError, PeerMisbehaved
+from p2pcache.net.peer_client import PeerError, PeerMisbehaved
 from p2pcache.net.peer_ranking import PeerRanking
 from p2pcache.resolver import Candidate, NarinfoSource
 
 FindProviders = Callable[[str], Awaitable[list[str]]]
 """The providers' endpoints; raises ProvidersUnknown when the search could not tell."""
+
+
+class NarinfoFetcher(Protocol):
+    """`PeerClient`, or `NarinfoBatcher` (several requests to one peer sent as one)."""
+
+    async def narinfo(self, base: str, hash_part: str) -> bytes | None: ...
 
 
 class ProvidersUnknown(P2PCacheError):
@@ -81,7 +88,7 @@ class ProviderDirectory:
 
 def peer_narinfo_source(
     directory: ProviderDirectory,
-    client: PeerClient,
+    client: NarinfoFetcher,
     ranking: PeerRanking,
     *,
     fanout: int = 3,

@@ -30,6 +30,7 @@ from p2pcache.cache.chunk_table import ChunkTable, decode_chunk_table
 from p2pcache.cache.index import CacheIndex, IndexedItem
 from p2pcache.cache.nar_store import NarStore, NarStoreError
 from p2pcache.net.identity import NodeIdentity
+from p2pcache.net.narinfo_list import MAX_NARINFOS_PER_REQUEST, render_narinfo_list
 from p2pcache.net.node_info import sign_node_info
 from p2pcache.trust.attestation_bundle import MAX_BUNDLE_SIZE
 from p2pcache.trust.builder_log import BuilderLog
@@ -45,6 +46,7 @@ from p2pcache.trust.merkle_log import LogRangeError
 from p2pcache.trust.witness import Witness
 
 NARINFO_TYPE = "text/x-nix-narinfo"
+NARINFOS_TYPE = "application/x-p2pcache-narinfos"
 CHUNK_TABLE_TYPE = "application/x-p2pcache-chunk-table"
 CHECKPOINT_TYPE = "text/plain"
 PROOF_TYPE = "application/x-p2pcache-proof"
@@ -100,6 +102,7 @@ class PeerAPI:
         app = web.Application()
         app.router.add_get("/p2p/v1/node", self.node)
         app.router.add_get("/p2p/v1/narinfo/{hash}", self.narinfo)
+        app.router.add_get("/p2p/v1/narinfos/{hashes}", self.narinfos)
         app.router.add_get("/p2p/v1/chunks/{hash}", self.chunks)
         app.router.add_get("/p2p/v1/frames/{hash}/{first}/{count}", self.frames)
         app.router.add_get("/p2p/v1/attestations/{hash}", self.attestations)
@@ -111,7 +114,9 @@ class PeerAPI:
         return app
 
     def _baked(self, request: web.Request) -> IndexedItem | None:
-        hash_part = request.match_info["hash"]
+        return self._baked_item(request.match_info["hash"])
+
+    def _baked_item(self, hash_part: str) -> IndexedItem | None:
         if not re.fullmatch(_HASH, hash_part):
             return None
         item = self.index.get(hash_part)
@@ -147,6 +152,24 @@ class PeerAPI:
         if item is None or item.signature is None:
             return _not_found("no such item in this node's cache")
         return web.Response(body=item.signed_part + item.signature, content_type=NARINFO_TYPE)
+
+    async def narinfos(self, request: web.Request) -> web.Response:
+        """Several items' narinfos at once (net/narinfo_list.py), in the order asked."""
+        hash_parts = request.match_info["hashes"].split(",")
+        if (
+            len(hash_parts) > MAX_NARINFOS_PER_REQUEST
+            or len(set(hash_parts)) != len(hash_parts)
+            or not all(re.fullmatch(_HASH, h) for h in hash_parts)
+        ):
+            return _not_found(
+                f"a narinfo list is 1 to {MAX_NARINFOS_PER_REQUEST} distinct hash parts"
+            )
+        entries = []
+        for hash_part in hash_parts:
+            item = self._baked_item(hash_part)
+            held = item is not None and item.signature is not None
+            entries.append((hash_part, item.signed_part + item.signature if held else None))
+        return web.Response(body=render_narinfo_list(entries), content_type=NARINFOS_TYPE)
 
     async def chunks(self, request: web.Request) -> web.Response:
         item = self._baked(request)

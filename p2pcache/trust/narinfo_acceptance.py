@@ -17,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from p2pcache.errors import FormatError, P2PCacheError
-from p2pcache.guix.narinfo import Narinfo, parse_fields, parse_nar_hash, parse_narinfo
-from p2pcache.guix.narinfo_signature import SignatureStatus, verify_narinfo
+from p2pcache.guix.narinfo import Narinfo, parse_nar_hash, parse_narinfo
+from p2pcache.guix.narinfo_signature import SignatureStatus, verify_parsed_narinfo
 from p2pcache.guix.signing_key import GuixPublicKey
 from p2pcache.guix.store_path import parse_store_path
 
@@ -78,12 +78,11 @@ def accept_relayed_narinfo(
         narinfo = parse_narinfo(data)
     except FormatError as e:
         raise NarinfoRejected("malformed", f"unreadable narinfo: {e}") from None
-    status = verify_narinfo(data, acl)
+    status, signed_fields = verify_parsed_narinfo(narinfo, acl)
     if status is not SignatureStatus.VALID:
         raise NarinfoRejected(str(status), f"narinfo signature: {status}")
     signed_part = narinfo.signed_part
     assert signed_part is not None  # a valid signature implies a signed part
-    signed_fields = {name for name, _ in parse_fields(signed_part.decode("utf-8"))}
     if signed_fields & _OLD_LAYOUT_FIELDS:
         raise NarinfoRejected("old-layout", "the signed part contains URL groups (old layout)")
     missing = _REQUIRED_SIGNED - signed_fields

@@ -43,10 +43,13 @@ def read_relayed_narinfo(
         refusal = None
     except NarinfoRejected as e:
         upstream, refusal = None, e
-    try:
-        narinfo = parse_narinfo(data)
-    except FormatError as e:
-        raise NarinfoRejected("malformed", f"unreadable narinfo: {e}") from None
+    if upstream is not None:
+        narinfo = upstream.narinfo  # already parsed
+    else:
+        try:
+            narinfo = parse_narinfo(data)
+        except FormatError as e:
+            raise NarinfoRejected("malformed", f"unreadable narinfo: {e}") from None
     nar_hash = check_described_item(narinfo, hash_part, store_dir)
     assert narinfo.nar_size is not None and narinfo.references is not None
     claim = ItemClaim(

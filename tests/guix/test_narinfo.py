@@ -220,3 +220,34 @@ def test_render_then_parse_round_trip(base, digest, size, refs, deriver, sizes):
     assert ni.deriver == deriver
     assert ni.urls == tuple(groups)
     assert ni.signed_part == signed
+
+
+def _graphic_runs(value: str) -> tuple[str, ...]:
+    """Guile's string-tokenize with char-set:graphic, one character at a time."""
+    tokens, current = [], ""
+    for c in value:
+        if c.isprintable() and not c.isspace():
+            current += c
+        elif current:
+            tokens.append(current)
+            current = ""
+    return (*tokens, current) if current else tuple(tokens)
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=0x7F, blacklist_characters="\n")))
+def test_ascii_references_are_tokenized_as_graphic_runs(value):
+    # The ASCII fast path must agree with the character rule for every ASCII character.
+    narinfo = parse_narinfo(f"StorePath: {TREE}\nReferences: {value}\n".encode())
+    assert narinfo.references == _graphic_runs(value)
+
+
+@given(st.text())
+def test_any_references_are_tokenized_as_graphic_runs(value):
+    data = f"StorePath: {TREE}\nReferences: x {value} y\n".encode()
+    try:
+        narinfo = parse_narinfo(data)
+    except NarinfoFormatError:
+        return
+    field = dict(parse_fields(data.decode()))["References"]
+    assert narinfo.references == _graphic_runs(field)
+    assert narinfo.references[0] == "x"

@@ -9,9 +9,15 @@ import time
 
 import pytest
 
-from p2pcache.errors import SignatureError
+from p2pcache.errors import NarinfoFormatError, SignatureError
 from p2pcache.guix import ed25519_ecdsa, nix32
-from p2pcache.guix.narinfo import NarURL, render_signed_part, render_url_groups
+from p2pcache.guix.narinfo import (
+    NarURL,
+    parse_fields,
+    parse_narinfo,
+    render_signed_part,
+    render_url_groups,
+)
 from p2pcache.guix.narinfo_signature import (
     SignatureStatus,
     _scheme_number_is_one,
@@ -20,6 +26,7 @@ from p2pcache.guix.narinfo_signature import (
     signature_field,
     signature_status,
     verify_narinfo,
+    verify_parsed_narinfo,
 )
 from p2pcache.guix.sexp import parse_sexp
 from p2pcache.guix.signing_key import generate_key_pair, parse_acl, parse_secret_key
@@ -149,6 +156,23 @@ def test_vector_narinfos_get_their_expected_verdicts(vectors_dir):
         keys = parse_acl((vectors_dir / case.get("key_file", "test-acl")).read_bytes())
         data = (vectors_dir / case["narinfo_file"]).read_bytes()
         assert verify_narinfo(data, keys) == case["expected"], case["name"]
+
+
+def test_a_parsed_narinfo_gets_the_same_verdict_and_its_signed_field_names(vectors_dir):
+    cases = json.loads((vectors_dir / "narinfo-vectors.json").read_text())["cases"]
+    for case in cases:
+        keys = parse_acl((vectors_dir / case.get("key_file", "test-acl")).read_bytes())
+        data = (vectors_dir / case["narinfo_file"]).read_bytes()
+        try:
+            parsed = parse_narinfo(data)
+        except NarinfoFormatError:
+            continue
+        verdict = verify_parsed_narinfo(parsed, keys)
+        assert verdict.status == verify_narinfo(data, keys), case["name"]
+        if verdict.status == SignatureStatus.VALID:
+            signed = parse_fields(parsed.signed_part.decode())
+            assert verdict.signed_fields == {name for name, _ in signed}, case["name"]
+            assert {"StorePath", "NarHash", "References"} <= verdict.signed_fields
 
 
 # --- verification: the decision procedure, case by case ----------------------------------------

@@ -69,6 +69,17 @@ class DyingPeerAPI(PeerAPI):
 
 
 @contextlib.asynccontextmanager
+async def app_server(app: web.Application, host: str) -> AsyncIterator[str]:
+    """Any aiohttp application (a hand-made peer, old or hostile) on loopback; yields its URL."""
+    listener = AiohttpListener(app, host, 0)
+    await listener.start()
+    try:
+        yield f"http://{host}:{listener.port}"
+    finally:
+        await listener.stop()
+
+
+@contextlib.asynccontextmanager
 async def peer_server(
     cache: SeededCache,
     host: str = "127.0.0.1",

@@ -94,10 +94,31 @@ async def test_bad_ranges_and_unknown_items_are_404(seeded):
             "/p2p/v1/narinfo/../../index.sqlite",
             "/p2p/v1/narinfo/" + "E" * 32,
             "/p2p/v1/chunks/short",
+            f"/p2p/v1/narinfos/{h},{h}",  # a list names each item once
+            "/p2p/v1/narinfos/" + ",".join([h] + [f"{n:032d}" for n in range(64)]),  # 65
+            f"/p2p/v1/narinfos/{h},",
+            f"/p2p/v1/narinfos/{h},../index.sqlite",
         ):
             async with session.get(url + path) as response:
                 assert response.status == 404, path
                 assert len(await response.read()) < 100
+
+
+async def test_a_narinfo_list_answers_in_the_order_asked(seeded):
+    cache, items = seeded
+    unknown = "0" * 32
+    asked = [cache.hash_parts[2], unknown, cache.hash_parts[0]]
+    async with peer_server(cache, "127.0.2.2") as url, aiohttp.ClientSession() as session:
+        client = PeerClient(session)
+        found = await client.narinfos(url, asked)
+        assert list(found) == asked
+        assert found[unknown] is None
+        for h in cache.hash_parts[::2]:
+            assert found[h] == await client.narinfo(url, h)
+        assert parse_narinfo(found[cache.hash_parts[2]]).store_path == items[2].path
+        for wrong in ([], [unknown] * 65):
+            with pytest.raises(ValueError):
+                await client.narinfos(url, wrong)
 
 
 async def test_unreachable_peer_is_unavailable_not_misbehaving():
