@@ -18,12 +18,13 @@ first time, then the work directory is reused):
     python3 loadtest/bench_endpoint.py [--items 1000000] [--hot 1000] [--duration 10] \
         [--workdir /var/tmp/p2pcache-bench]
 
-Before the rounds, every file either server reads (nginx's million narinfo files, the node's
-index, the NAR) is read once, so that both are measured with their data in the page cache, as
-on a serving machine with the memory for it (this one has 24 GiB). Without that the random-key
-rates mostly measure the disk and whichever server ran after the other: nginx measured 5.7k,
-12.3k and 17.3k req/s in three rounds with part of its files in the page cache, and 64k with
-all of them there.
+Both servers are measured with their data in the page cache, as on a serving machine with the
+memory for it (this one has 24 GiB): the two NARs are read before the rounds, and right before
+each random-key run its server's files (nginx's million narinfo files, the node's index) are
+read whole (see warm_random_keys); each random run prints what its server still read from disk
+a request. Without that the random-key rates mostly measure the disk and whichever server ran
+after the other: nginx measured 5.7k, 12.3k and 17.3k req/s in three rounds with part of its
+files in the page cache, and 64k with all of them there.
 
 The 1M bulk items carry the signature line of a hot item (same length, not valid for them):
 serving cost does not depend on validity, and signing 1M narinfos would only slow the setup.
@@ -41,6 +42,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -48,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness import (
     RANDOM_PATHS_LUA,
+    disk_read_bytes,
     free_port,
     nginx,
     pinned_process,
@@ -159,30 +162,73 @@ async def add_nar(index: CacheIndex, store: NarStore, root: Path, mib: int) -> N
     (root / "nar-path.txt").write_text(f"/nar/zstd/{base}\n")
 
 
-def warm_page_cache(workdir: Path) -> None:
-    """Read every file the two servers will read, once, into the page cache.
+def read_files(files: Iterable[Path], *, drop_first: bool = False) -> tuple[int, int]:
+    """Read files whole, into the page cache; (files, bytes). `drop_first` drops what the
+    page cache holds of each first, so that every copy is cached the same way."""
+    count = total = 0
+    for path in files:
+        with path.open("rb") as f:
+            if drop_first:
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            while chunk := f.read(1 << 20):
+                total += len(chunk)
+        count += 1
+    return count, total
 
-    The two copies of the NAR are first dropped from the page cache and read back the same
-    way: how a file was written decides how its cached pages are grouped (large folios or
-    single pages), and sendfile's cost per byte may follow that. Measured 2026-11-25 (first
-    8 s run of a fresh node each time): the node's copy, as the baker wrote it, 1,833-1,884
-    MiB/s; read back alike, 1,987-2,007 MiB/s against nginx's 2,017-2,068.
+
+def nar_files(workdir: Path) -> list[Path]:
+    return [p for p in (workdir / "nginx" / "nar").rglob("*") if p.is_file()] + [
+        p for p in (workdir / "node" / "nar").rglob("*") if p.is_file()
+    ]
+
+
+def random_key_files(workdir: Path, server: str) -> list[Path]:
+    """What a server reads to answer random keys: nginx's narinfo files, the node's index."""
+    if server == "nginx":
+        return [p for p in (workdir / "nginx").iterdir() if p.suffix == ".narinfo"]
+    return sorted((workdir / "node").glob("index.sqlite*"))
+
+
+def warm_nars(workdir: Path) -> None:
+    """Both copies of the NAR, dropped from the page cache and read back alike.
+
+    How a file was written decides how its cached pages are grouped (large folios or single
+    pages), and sendfile's cost per byte may follow that. Measured 2026-11-25 (first 8 s run
+    of a fresh node each time): the node's copy, as the baker wrote it, 1,833-1,884 MiB/s;
+    read back alike, 1,987-2,007 MiB/s against nginx's 2,017-2,068.
+    """
+    count, total = read_files(nar_files(workdir), drop_first=True)
+    print(f"NARs read into the page cache: {count} files, {total / 2**20:.0f} MiB")
+
+
+def warm_random_keys(workdir: Path, server: str) -> None:
+    """Read what `server` answers random keys from, just before it does.
+
+    Both servers' data fits in this machine's memory, but the machine runs DAMON's `pageout`
+    scheme (kdamond, paddr: pages not accessed for 60 s are reclaimed at up to 128 MiB/s), so
+    whatever the other server's runs left idle for a minute is partly back on disk: warmed
+    once at the start, the node read 0.41 KiB from disk a request under random keys in its
+    round and nginx 0.13-0.20 KiB (2026-11-26), and the node's rate fell from round to round.
+    Each random run now starts right after its server's files were read.
     """
     started = time.monotonic()
-    files = total = 0
-    for directory in (workdir / "nginx", workdir / "node"):
-        for path in directory.rglob("*"):
-            if path.is_file():
-                with path.open("rb") as f:
-                    if "nar" in path.relative_to(directory).parts:
-                        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-                    while chunk := f.read(1 << 20):
-                        total += len(chunk)
-                files += 1
+    count, total = read_files(random_key_files(workdir, server))
     print(
-        f"page cache warmed: {files} files, {total / 2**30:.2f} GiB read "
-        f"in {time.monotonic() - started:.0f} s"
+        f"  {server:8} random: {count} files, {total / 2**30:.2f} GiB read into the page "
+        f"cache first, in {time.monotonic() - started:.0f} s"
     )
+
+
+def nginx_master_pid(tmp: Path, timeout: float = 5.0) -> int:
+    """nginx writes its pid file just after it starts listening: wait for it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return int((tmp / "nginx.pid").read_text())
+        except (OSError, ValueError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def serve_argv(workdir: Path, port: int, admin: int) -> list[str]:
@@ -199,14 +245,19 @@ def serve_argv(workdir: Path, port: int, admin: int) -> list[str]:
     ]  # fmt: skip
 
 
-def run_suite(name: str, port: int, workdir: Path, lua: Path, duration: int) -> dict:
+def run_suite(name: str, pid: int, port: int, workdir: Path, lua: Path, duration: int) -> dict:
     base = f"http://127.0.0.1:{port}"
     hot, everything = str(workdir / "hot.txt"), str(workdir / "all.txt")
     nar = (workdir / "nginx" / "nar-path.txt").read_text().strip()
     wrk(base, 64, 2, script=lua, script_args=(hot,))  # warm up
+    hot_run = wrk(base, 64, duration, script=lua, script_args=(hot,))
+    warm_random_keys(workdir, name)
+    read_before = disk_read_bytes(pid)
+    random_run = wrk(base, 64, duration, script=lua, script_args=(everything,))
+    disk_kib = (disk_read_bytes(pid) - read_before) / 1024
     out = {
-        "hot": wrk(base, 64, duration, script=lua, script_args=(hot,)),
-        "random": wrk(base, 64, duration, script=lua, script_args=(everything,)),
+        "hot": hot_run,
+        "random": random_run,
         "one": wrk(base, 1, duration, script=lua, script_args=(hot,), latency=True),
         "nar": wrk(base + nar, 1, duration),
     }
@@ -217,6 +268,8 @@ def run_suite(name: str, port: int, workdir: Path, lua: Path, duration: int) -> 
             f"  {name:8} {key:7} {r.requests_per_second:10.0f} req/s "
             f"{r.mib_per_second:8.1f} MiB/s{latency}{note}"
         )
+    requests = max(1.0, random_run.requests_per_second * duration)
+    print(f"  {name:8} random: {disk_kib / requests:.2f} KiB read from disk a request")
     return out
 
 
@@ -237,7 +290,7 @@ def main() -> None:
     require_tools("nginx", "wrk", "taskset")
     print(f"building {args.items} items in {args.workdir} (reused when already built)")
     asyncio.run(build(args.workdir, args.items, args.hot, args.nar_mib))
-    warm_page_cache(args.workdir)
+    warm_nars(args.workdir)
     nginx_runs: list[dict] = []
     our_runs: list[dict] = []
     rss = peak = 0.0
@@ -249,11 +302,14 @@ def main() -> None:
         for round_number in range(1, args.rounds + 1):
             print(f"round {round_number}: nginx (1 worker)")
             with nginx(args.workdir / "nginx", tmp) as port:
-                nginx_runs.append(run_suite("nginx", port, args.workdir, lua, args.duration))
+                pid = nginx_master_pid(tmp)
+                nginx_runs.append(run_suite("nginx", pid, port, args.workdir, lua, args.duration))
             port, admin = free_port(), free_port()
             print(f"round {round_number}: p2pcache serve (uvloop)")
             with pinned_process(serve_argv(args.workdir, port, admin), port) as proc:
-                our_runs.append(run_suite("p2pcache", port, args.workdir, lua, args.duration))
+                our_runs.append(
+                    run_suite("p2pcache", proc.pid, port, args.workdir, lua, args.duration)
+                )
                 now, high = rss_mib(proc.pid)
                 rss, peak = max(rss, now), max(peak, high)
     print(f"\np2pcache RSS with {args.items} items: {rss:.1f} MiB (peak {peak:.1f} MiB)")

@@ -169,3 +169,32 @@ def rss_mib(pid: int) -> tuple[float, float]:
     rss = int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1))  # type: ignore[union-attr]
     hwm = int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1))  # type: ignore[union-attr]
     return rss / 1024, hwm / 1024
+
+
+def process_tree(pid: int) -> list[int]:
+    """A process and its descendants (nginx's worker is a child of its master)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                todo.extend(int(child) for child in task.read_text().split())
+            except OSError:
+                continue
+    return found
+
+
+def disk_read_bytes(pid: int) -> int:
+    """Bytes a process tree has read from storage so far (not from the page cache).
+
+    A server that answers random keys from files must find them in the page cache to be
+    measured for itself rather than for the disk; this says whether it did."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            io = Path(f"/proc/{member}/io").read_text()
+        except OSError:
+            continue
+        total += int(re.search(r"^read_bytes:\s+(\d+)", io, re.M).group(1))  # type: ignore[union-attr]
+    return total

@@ -325,7 +325,7 @@ class CacheIndex:
         self._writer: aiosqlite.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         # A second reader whose read transaction spans the lookups of one event-loop
-        # iteration (see narinfo_fields_in_snapshot); None until opened.
+        # iteration (see servable_narinfo_in_snapshot); None until opened.
         self._snapshot_reader: sqlite3.Connection | None = None
         self._snapshot_open = False
         self._loop: asyncio.AbstractEventLoop | None = None
