@@ -68,6 +68,8 @@ class Batch:
     cpu: dict[str, tuple[float, float]]
     """CPU seconds (user, system; all threads) each node process and this client used
     meanwhile: which one the batch waited for."""
+    dht_requests: float
+    """DHT requests the asking node sent meanwhile."""
 
 
 def udp_receive_buffer_errors() -> int:
@@ -89,6 +91,7 @@ def cpu_seconds(nodes: list[NodeProcess]) -> dict[str, tuple[float, float]]:
 
 def timed_narinfos(node: NodeProcess, hashes: list[str], nodes: list[NodeProcess]) -> Batch:
     """One pipelined batch on one connection: its time and how many answers were 200."""
+    requests_before = node.metric("p2pcache_dht_rpcs_sent_total")
     dropped = udp_receive_buffer_errors()
     cpu_before = cpu_seconds(nodes)
     started = time.monotonic()
@@ -99,7 +102,9 @@ def timed_narinfos(node: NodeProcess, hashes: list[str], nodes: list[NodeProcess
         for name, (user, system) in cpu_seconds(nodes).items()
     }
     dropped = udp_receive_buffer_errors() - dropped
-    return Batch(seconds, len(hashes), sum(r.status == 200 for r in replies), dropped, cpu)
+    requests = node.metric("p2pcache_dht_rpcs_sent_total") - requests_before
+    found = sum(r.status == 200 for r in replies)
+    return Batch(seconds, len(hashes), found, dropped, cpu, requests)
 
 
 def report(singles: list[Batch], batches: list[Batch]) -> bool:
@@ -154,6 +159,11 @@ def main() -> None:
         type=int,
         help="what-if: the asking node resolves at most this many misses at once",
     )
+    parser.add_argument(
+        "--what-if-rtt-ms",
+        type=float,
+        help="what-if: emulate this round-trip time between nodes (see p2p_network._WHAT_IF)",
+    )
     parser.add_argument("--profile", action="store_true", help="py-spy on the asker's batches")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args()
@@ -172,6 +182,7 @@ def main() -> None:
             for name, value in (
                 ("dht_rate", args.what_if_dht_rate),
                 ("miss_concurrency", args.what_if_miss_concurrency),
+                ("rtt_ms", args.what_if_rtt_ms),
             )
             if value is not None
         }
@@ -220,7 +231,8 @@ def main() -> None:
                     "  CPU during the batch (user + system): "
                     + ", ".join(f"{name} {sum(used):.2f} s" for name, used in batch.cpu.items())
                     + f"; asker {1000 * sum(asker_cpu) / batch.asked:.2f} ms per miss"
-                    f" ({1000 * asker_cpu[1] / batch.asked:.2f} ms of it in the kernel)"
+                    f" ({1000 * asker_cpu[1] / batch.asked:.2f} ms of it in the kernel); "
+                    f"{batch.dht_requests / batch.asked:.1f} DHT requests sent per miss"
                 )
             if any(b.found < b.asked for b in singles + batches):
                 print("some misses were answered 404 although a peer holds the item:")

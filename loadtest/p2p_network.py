@@ -65,11 +65,18 @@ def node_command(*args: str) -> list[str]:
 # What-if runs only: a node with settings other than the shipped ones, patched into its
 # defaults. `dht_rate`: DHT requests per second its DHT accepts from one IP (burst twice that;
 # also the options dht.requests_per_second_per_ip and dht.request_burst_per_ip);
-# `miss_concurrency`: narinfo misses it resolves at once (no option).
+# `miss_concurrency`: narinfo misses it resolves at once (no option); `rtt_ms`: a network
+# round trip between nodes of this many milliseconds, emulated in the node's own sends because
+# this kernel has neither netem nor fq (no delay qdisc): every DHT datagram leaves half a round
+# trip late, every HTTP request to a peer or upstream a whole round trip late (request and
+# answer), and a new connection costs one more round trip (the TCP handshake). CPU work is
+# unchanged; bandwidth is not limited.
 _WHAT_IF = """
-import json, sys
+import asyncio, json, sys
+import aiohttp
 import p2pcache.network as network
 from p2pcache.cli import main
+from p2pcache.net.dht_protocol import DHTProtocol
 what_if = json.loads(sys.argv.pop(1))
 dht, resolver = network.DHTConfig, network.ResolverSettings
 if "dht_rate" in what_if:
@@ -81,6 +88,25 @@ if "miss_concurrency" in what_if:
     network.ResolverSettings = lambda **kw: resolver(
         **{"max_concurrent": what_if["miss_concurrency"], **kw}
     )
+if "rtt_ms" in what_if:
+    rtt = what_if["rtt_ms"] / 1000
+    send, request = DHTProtocol._send, aiohttp.ClientSession._request
+    connect = aiohttp.TCPConnector._create_connection
+
+    def late_send(self, payload, address):
+        asyncio.get_running_loop().call_later(rtt / 2, send, self, payload, address)
+
+    async def late_request(self, *args, **kwargs):
+        await asyncio.sleep(rtt)
+        return await request(self, *args, **kwargs)
+
+    async def late_connect(self, *args, **kwargs):
+        await asyncio.sleep(rtt)
+        return await connect(self, *args, **kwargs)
+
+    DHTProtocol._send = late_send
+    aiohttp.ClientSession._request = late_request
+    aiohttp.TCPConnector._create_connection = late_connect
 sys.exit(main())
 """
 

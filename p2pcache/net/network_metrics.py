@@ -256,6 +256,34 @@ class NetworkCollector(Collector):
         yield CounterMetricFamily(
             "p2pcache_dht_keys_announced", "Keys this node announced.", stats.keys_announced
         )
+        yield _counter(
+            "p2pcache_dht_rpcs_sent",
+            "DHT requests this node sent, by RPC (find_value, find_node, store, ping).",
+            "rpc",
+            stats.rpcs_sent,
+        )
+        yield _counter(
+            "p2pcache_dht_rpcs_received",
+            "DHT requests this node answered, by RPC.",
+            "rpc",
+            stats.rpcs_received,
+        )
+        datagrams = CounterMetricFamily(
+            "p2pcache_dht_datagrams", "DHT datagrams, by direction (in, out).", labels=["direction"]
+        )
+        octets = CounterMetricFamily(
+            "p2pcache_dht_bytes",
+            "Bytes of DHT datagrams, by direction (in, out).",
+            labels=["direction"],
+        )
+        for direction, count, size in (
+            ("in", stats.datagrams_received, stats.bytes_received),
+            ("out", stats.datagrams_sent, stats.bytes_sent),
+        ):
+            datagrams.add_metric([direction], count)
+            octets.add_metric([direction], size)
+        yield datagrams
+        yield octets
         yield CounterMetricFamily(
             "p2pcache_dht_rpc_timeouts", "DHT requests that timed out.", stats.rpc_timeouts
         )

@@ -50,6 +50,10 @@ DHT_FAMILIES = (
     "p2pcache_dht_records_stored_total",
     "p2pcache_dht_keys_announced_total",
     "p2pcache_dht_rpc_timeouts_total",
+    "p2pcache_dht_rpcs_sent_total",
+    "p2pcache_dht_rpcs_received_total",
+    "p2pcache_dht_datagrams_total",
+    "p2pcache_dht_bytes_total",
     "p2pcache_dht_contacts_evicted_total",
     "p2pcache_dht_rebootstraps_total",
 )
@@ -123,6 +127,13 @@ async def test_every_dashboard_family_is_exported_under_traffic(tmp_path, test_s
     assert value(at_node, "p2pcache_peers_known") >= 1
     assert value(at_node, "p2pcache_dht_routing_table_size") >= 1
     assert value(at_seed, "p2pcache_dht_keys_announced_total") >= 2
+    # The node's lookups went out as find_value requests and came back as datagrams.
+    assert value(at_node, "p2pcache_dht_rpcs_sent_total", rpc="find_value") >= 1
+    assert value(at_node, "p2pcache_dht_datagrams_total", direction="in") >= 1
+    assert value(at_node, "p2pcache_dht_bytes_total", direction="out") > value(
+        at_node, "p2pcache_dht_datagrams_total", direction="out"
+    )
+    assert value(at_seed, "p2pcache_dht_rpcs_received_total", rpc="store") >= 1
     # Every verification check has its series from the start (at 0 on an honest network),
     # so `increase(p2pcache_verification_failures_total[10m]) > 0` has something to watch.
     assert {
