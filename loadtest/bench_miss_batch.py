@@ -30,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from harness import process_tree
 from p2p_network import (
     Network,
     NodeProcess,
@@ -70,6 +71,8 @@ class Batch:
     meanwhile: which one the batch waited for."""
     dht_requests: float
     """DHT requests the asking node sent meanwhile."""
+    checked_in_worker: tuple[float, float]
+    """Narinfos (and batches of them) the asking node had checked in its checking process."""
 
 
 def udp_receive_buffer_errors() -> int:
@@ -79,32 +82,61 @@ def udp_receive_buffer_errors() -> int:
 
 
 def cpu_seconds(nodes: list[NodeProcess]) -> dict[str, tuple[float, float]]:
-    """Each node process's CPU time so far (utime, stime in /proc/PID/stat), and ours."""
+    """Each node's CPU time so far (utime, stime in /proc/PID/stat), and ours. A node's
+    child processes (its narinfo checking process) count as the node's, under "NAME+"."""
     ticks = os.sysconf("SC_CLK_TCK")
     ours = os.times()
     used = {"client": (ours.user, ours.system)}
     for node in nodes:
-        fields = Path(f"/proc/{node.proc.pid}/stat").read_text().rpartition(")")[2].split()
-        used[node.name] = (int(fields[11]) / ticks, int(fields[12]) / ticks)
+        used[node.name] = process_cpu(node.proc.pid, ticks)
+        children = [process_cpu(pid, ticks) for pid in process_tree(node.proc.pid)[1:]]
+        if children:
+            used[node.name + "+"] = (sum(c[0] for c in children), sum(c[1] for c in children))
     return used
+
+
+def process_cpu(pid: int, ticks: int) -> tuple[float, float]:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return (0.0, 0.0)
+    return (int(fields[11]) / ticks, int(fields[12]) / ticks)
 
 
 def timed_narinfos(node: NodeProcess, hashes: list[str], nodes: list[NodeProcess]) -> Batch:
     """One pipelined batch on one connection: its time and how many answers were 200."""
     requests_before = node.metric("p2pcache_dht_rpcs_sent_total")
+    worker_before = worker_checks(node)
     dropped = udp_receive_buffer_errors()
     cpu_before = cpu_seconds(nodes)
     started = time.monotonic()
     replies = asyncio.run(guix_client.narinfos(node.host, node.guix_port, hashes))
     seconds = time.monotonic() - started
     cpu = {
-        name: (user - cpu_before[name][0], system - cpu_before[name][1])
+        name: (user - cpu_before.get(name, (0, 0))[0], system - cpu_before.get(name, (0, 0))[1])
         for name, (user, system) in cpu_seconds(nodes).items()
     }
     dropped = udp_receive_buffer_errors() - dropped
     requests = node.metric("p2pcache_dht_rpcs_sent_total") - requests_before
     found = sum(r.status == 200 for r in replies)
-    return Batch(seconds, len(hashes), found, dropped, cpu, requests)
+    worker_after = worker_checks(node)
+    worker = (worker_after[0] - worker_before[0], worker_after[1] - worker_before[1])
+    return Batch(seconds, len(hashes), found, dropped, cpu, requests, worker)
+
+
+def worker_cpu(batch: Batch) -> str:
+    used = batch.cpu.get("asker+")
+    if not used:
+        return ""
+    return f"its checking process {1000 * sum(used) / batch.asked:.2f} ms per miss; "
+
+
+def worker_checks(node: NodeProcess) -> tuple[float, float]:
+    """(narinfos, batches) the node has had checked in its checking process so far."""
+    lines = node.metrics_matching(r'^p2pcache_narinfo_checks_total\{where="worker"\}')
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines), node.metric(
+        "p2pcache_narinfo_check_batches_total"
+    )
 
 
 def report(singles: list[Batch], batches: list[Batch]) -> bool:
@@ -164,6 +196,11 @@ def main() -> None:
         type=float,
         help="what-if: emulate this round-trip time between nodes (see p2p_network._WHAT_IF)",
     )
+    parser.add_argument(
+        "--check-processes",
+        type=int,
+        help="the asker's guix_endpoint.miss_check_processes (default: the shipped setting)",
+    )
     parser.add_argument("--profile", action="store_true", help="py-spy on the asker's batches")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args()
@@ -196,7 +233,9 @@ def main() -> None:
                 network.start(f"dht-{n}", host_of(1 + n))
             wait_announced(seeder, len(hashes))
             sign_published(seeder, hashes)
-            asker = network.start("asker", host_of(100), log_level="info")
+            checks = args.check_processes
+            options = {} if checks is None else {"guix_endpoint.miss_check_processes": str(checks)}
+            asker = network.start("asker", host_of(100), log_level="info", options=options)
             wait_joined(asker, 1 + args.dht_nodes)
             print(f"seeder with {len(hashes)} items, {args.dht_nodes} DHT-only nodes, asker")
             fresh = iter(hashes)
@@ -232,7 +271,10 @@ def main() -> None:
                     + ", ".join(f"{name} {sum(used):.2f} s" for name, used in batch.cpu.items())
                     + f"; asker {1000 * sum(asker_cpu) / batch.asked:.2f} ms per miss"
                     f" ({1000 * asker_cpu[1] / batch.asked:.2f} ms of it in the kernel); "
-                    f"{batch.dht_requests / batch.asked:.1f} DHT requests sent per miss"
+                    f"{worker_cpu(batch)}{batch.dht_requests / batch.asked:.1f} DHT requests "
+                    "sent per miss; "
+                    f"{batch.checked_in_worker[0]:.0f} narinfos checked in the worker process "
+                    f"in {batch.checked_in_worker[1]:.0f} batches"
                 )
             if any(b.found < b.asked for b in singles + batches):
                 print("some misses were answered 404 although a peer holds the item:")

@@ -52,6 +52,7 @@ from p2pcache.trust.attestation_bundle import AttestationBundle
 from p2pcache.trust.builder_log import BuilderLog
 from p2pcache.trust.log_watch_metrics import LogWatchCollector, LogWatchCounters
 from p2pcache.trust.log_watching import LogWatching
+from p2pcache.trust.narinfo_check_pool import NarinfoCheckPool
 from p2pcache.trust_gate import TrustGate
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ class PeerNetwork:
         self.ranking = PeerRanking()
         self.directory = ProviderDirectory(self._lookup_providers)
         self.resolver: MissResolver | None = None
+        self.narinfo_checks: NarinfoCheckPool | None = None
         self.fetcher: ItemFetcher | None = None
         self.peer_url = ""
         self._peer_listener: AiohttpListener | None = None
@@ -230,6 +232,10 @@ class PeerNetwork:
         sources = [peer_narinfo_source(self.directory, narinfos, self.ranking)]
         if config.upstreams:
             sources.append(self._upstream_source)
+        self.narinfo_checks = NarinfoCheckPool(
+            acl, config.store_dir, config.miss_check_processes, self.counters.narinfo_checks
+        )
+        self.narinfo_checks.start()
         self.resolver = MissResolver(
             self.index,
             acl,
@@ -238,6 +244,7 @@ class PeerNetwork:
             on_outcome=self._miss_outcome,
             on_rejected=self._narinfo_refused,
             trust=self.trust.item_trust,
+            checks=self.narinfo_checks,
         )
         self.fetcher = ItemFetcher(
             self.index,
@@ -352,6 +359,8 @@ class PeerNetwork:
             self.builder_log.close()
         if self.trust is not None:
             self.trust.close()
+        if self.narinfo_checks is not None:
+            self.narinfo_checks.close()
 
     def _gossip_peers(self) -> list[str]:
         """Peers to gossip checkpoints with: the configured ones, then those scored, best first."""

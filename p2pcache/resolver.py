@@ -29,11 +29,8 @@ from p2pcache.errors import P2PCacheError
 from p2pcache.guix.narinfo import Narinfo
 from p2pcache.guix.signing_key import GuixPublicKey
 from p2pcache.trust.item_trust import ItemTrust
-from p2pcache.trust.narinfo_acceptance import (
-    NarinfoRejected,
-    accept_relayed_narinfo,
-)
-from p2pcache.trust.narinfo_claim import read_relayed_narinfo
+from p2pcache.trust.narinfo_acceptance import NarinfoRejected
+from p2pcache.trust.narinfo_check_pool import NarinfoCheckPool
 from p2pcache.trust.policy import Decision
 
 log = logging.getLogger(__name__)
@@ -104,20 +101,31 @@ class MissResolver:
         on_outcome: Callable[[str, float], None] = lambda outcome, seconds: None,
         on_rejected: Callable[[str], None] = lambda reason: None,
         trust: ItemTrust | None = None,
+        checks: NarinfoCheckPool | None = None,
     ) -> None:
         self.index = index
         # Items accepted at the same moment (a Guix batch) are recorded in one transaction.
         self._adds = GroupedAdds(index.add_items)
         self.trust = trust
-        self.acl = acl
         self.sources = sources
         self.settings = settings or ResolverSettings()
+        # Where relayed narinfos are checked (a worker process, or inline when None is given).
+        self.checks = checks or NarinfoCheckPool(acl, self.settings.store_dir, 0)
         self.on_outcome = on_outcome
         self.on_rejected = on_rejected
         self._limit = asyncio.Semaphore(self.settings.max_concurrent)
         self._inflight: dict[str, asyncio.Future[Resolution | None]] = {}
         self._absent: dict[str, float] = {}
         self.accepted_from: dict[str, Resolution] = {}
+
+    @property
+    def acl(self) -> list[GuixPublicKey]:
+        """The Guix keys whose signatures the checks accept (passed to every check)."""
+        return self.checks.acl
+
+    @acl.setter
+    def acl(self, keys: list[GuixPublicKey]) -> None:
+        self.checks.acl = keys
 
     async def resolve(self, hash_part: str) -> IndexedItem | None:
         resolution = await self.resolution(hash_part)
@@ -232,9 +240,8 @@ class MissResolver:
         self, candidate: Candidate, hash_part: str, bundles: list[list[bytes]]
     ) -> Judged:
         """Accept a candidate or raise NarinfoRejected with the reason (for metrics)."""
-        store_dir = self.settings.store_dir
         if self.trust is None or not self.trust.policy.needs_attestations:
-            upstream = accept_relayed_narinfo(candidate.data, hash_part, self.acl, store_dir)
+            upstream = await self.checks.accept(candidate.data, hash_part)
             return Judged(
                 upstream.narinfo,
                 upstream.nar_size,
@@ -242,7 +249,7 @@ class MissResolver:
                 upstream.signature_line,
                 None,
             )
-        relayed = read_relayed_narinfo(candidate.data, hash_part, self.acl, store_dir)
+        relayed = await self.checks.read(candidate.data, hash_part)
         if not bundles:
             bundles.append(await self.trust.gather(hash_part))
         decision = await self.trust.judge(relayed.claim, bundles[0])

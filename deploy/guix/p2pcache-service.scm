@@ -106,6 +106,8 @@
                  (default 16384))
   (miss-timeout  p2pcache-configuration-miss-timeout      ;seconds
                  (default 8))
+  (miss-check-processes p2pcache-configuration-miss-check-processes ;integer
+                        (default 1))
   ;; [peer]
   (peer-listen   p2pcache-configuration-peer-listen       ;"HOST:PORT"
                  (default "127.0.0.1:8081"))
@@ -220,6 +222,8 @@
     ("guix_endpoint" "request_timeout" ,p2pcache-configuration-request-timeout number)
     ("guix_endpoint" "hot_narinfos" ,p2pcache-configuration-hot-narinfos integer)
     ("guix_endpoint" "miss_timeout" ,p2pcache-configuration-miss-timeout number)
+    ("guix_endpoint" "miss_check_processes"
+     ,p2pcache-configuration-miss-check-processes integer)
     ("peer" "listen" ,p2pcache-configuration-peer-listen string)
     ("peer" "advertise_url" ,p2pcache-configuration-advertise-url optional-string)
     ("peer" "fetch_parallel" ,p2pcache-configuration-fetch-parallel integer)

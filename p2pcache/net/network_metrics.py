@@ -20,6 +20,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from p2pcache.net.dht_stats import DHTStats, SecondsHistogram
+from p2pcache.trust.narinfo_check_pool import CheckCounts
 
 MISS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -35,6 +36,7 @@ class NetworkCounters:
         default_factory=lambda: SecondsHistogram(MISS_BUCKETS, [0] * (len(MISS_BUCKETS) + 1))
     )
     narinfos_refused: Counter[str] = field(default_factory=Counter)  # by reason
+    narinfo_checks: CheckCounts = field(default_factory=CheckCounts)
     upstream_fetches: Counter[str] = field(default_factory=Counter)  # ok, failed
     # attestations (bundles sent), checkpoint, inclusion, consistency
     log_served: Counter[str] = field(default_factory=Counter)
@@ -168,6 +170,30 @@ class NetworkCollector(Collector):
             "Relayed narinfos not accepted, by reason (signature verdict, layout, item).",
             "reason",
             c.narinfos_refused,
+        )
+        checks = CounterMetricFamily(
+            "p2pcache_narinfo_checks",
+            "Relayed narinfos checked, by where (loop: on the event loop; worker: in the "
+            "checking process, in batches).",
+            labels=["where"],
+        )
+        checks.add_metric(["loop"], c.narinfo_checks.inline)
+        checks.add_metric(["worker"], c.narinfo_checks.offloaded)
+        yield checks
+        yield CounterMetricFamily(
+            "p2pcache_narinfo_check_batches",
+            "Batches of narinfos handed to the checking process.",
+            c.narinfo_checks.batches,
+        )
+        yield GaugeMetricFamily(
+            "p2pcache_narinfo_check_processes",
+            "Narinfo checking processes running and ready (started at the first batch of misses).",
+            c.narinfo_checks.processes_ready,
+        )
+        yield CounterMetricFamily(
+            "p2pcache_narinfo_check_worker_restarts",
+            "Times the checking process stopped and was started again.",
+            c.narinfo_checks.worker_failures,
         )
         yield _counter(
             "p2pcache_upstream_fetches",

@@ -33,6 +33,19 @@ class NarinfoRejected(P2PCacheError):
         super().__init__(message)
         self.reason = reason
 
+    def __reduce__(self):
+        # Refusals cross process boundaries (narinfo_check_pool); the default would call
+        # NarinfoRejected(message) and fail.
+        return (type(self), (self.reason, str(self)))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, NarinfoRejected):
+            return NotImplemented
+        return (self.reason, str(self)) == (other.reason, str(other))
+
+    def __hash__(self) -> int:
+        return hash((self.reason, str(self)))
+
 
 @dataclass(frozen=True, slots=True)
 class AcceptedNarinfo:

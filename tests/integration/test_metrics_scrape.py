@@ -42,6 +42,10 @@ PEER_FAMILIES = (
     "p2pcache_peers_known",
     "p2pcache_peers_banned",
     "p2pcache_verification_failures_total",
+    "p2pcache_narinfo_checks_total",
+    "p2pcache_narinfo_check_batches_total",
+    "p2pcache_narinfo_check_worker_restarts_total",
+    "p2pcache_narinfo_check_processes",
 )
 DHT_FAMILIES = (
     "p2pcache_dht_routing_table_size",
@@ -116,6 +120,10 @@ async def test_every_dashboard_family_is_exported_under_traffic(tmp_path, test_s
     assert value(at_node, "p2pcache_narinfo_lookups_total", result="hit") >= 2
     assert value(at_node, "p2pcache_narinfo_lookups_total", result="miss") >= 3
     assert value(at_node, "p2pcache_miss_lookups_total", outcome="found") >= 2
+    checked = value(at_node, "p2pcache_narinfo_checks_total", where="loop") + value(
+        at_node, "p2pcache_narinfo_checks_total", where="worker"
+    )
+    assert checked >= 2
     assert value(at_node, "p2pcache_transfers_total", outcome="ok") == 1
     assert value(at_node, "p2pcache_transfer_bytes_total", direction="in") > 0
     assert value(at_seed, "p2pcache_transfer_bytes_total", direction="out") == value(

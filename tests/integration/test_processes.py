@@ -46,7 +46,13 @@ from p2pcache.testing import TestStore, generate_test_store, remove_test_store
 from p2pcache.trust.narinfo_acceptance import accept_relayed_narinfo
 from tests import guix_client
 from tests.integration.dht_probe import DHTProbe, request_datagram
-from tests.integration.node_processes import NodeCluster, NodeProcess, NodeSpec, publish_all
+from tests.integration.node_processes import (
+    Metrics,
+    NodeCluster,
+    NodeProcess,
+    NodeSpec,
+    publish_all,
+)
 from tests.net.peer_servers import CorruptingPeerAPI, peer_server
 from tests.seeded_cache import seed_cache
 
@@ -172,6 +178,31 @@ async def test_an_item_a_node_never_had_is_served_to_guix(network, http, probe):
     # Cached now: offered as zstd with its exact size, read back from the cache.
     again = await guix_client.narinfos(host, port, wanted[:1])
     assert parse_narinfo(again[0].body).urls[0].compression == "zstd"
+
+
+async def test_batches_of_misses_are_checked_in_the_nodes_checking_process(network, http, probe):
+    """A node process starts its narinfo checking process (spawned: a fresh interpreter that
+    imports the checks) at its first batch of misses, and the batches after that are checked
+    there."""
+    items = network.small_items()[4:10]  # the lying-peer test uses the last one
+    await wait_for_providers(probe, network.seed, items, 1)
+    host, port = network.guix.guix_address
+
+    async def batch(part: list[StoreItemInfo]) -> Metrics:
+        replies = await guix_client.narinfos(host, port, [hash_part(i) for i in part])
+        assert [r.status for r in replies] == [200] * len(part)
+        return await network.guix.metrics(http)
+
+    first = await batch(items[:3])  # checked on the loop while the process starts
+    assert first.value("p2pcache_narinfo_checks_total", where="loop") >= 3
+    deadline = time.monotonic() + 30
+    while (await network.guix.metrics(http)).value("p2pcache_narinfo_check_processes") < 1:
+        assert time.monotonic() < deadline, "the narinfo checking process never came up"
+        await asyncio.sleep(0.2)
+    second = await batch(items[3:])
+    worker = second.value("p2pcache_narinfo_checks_total", where="worker")
+    assert worker - first.value("p2pcache_narinfo_checks_total", where="worker") >= 2
+    assert second.value("p2pcache_narinfo_check_worker_restarts_total") == 0
 
 
 class LyingPeer:

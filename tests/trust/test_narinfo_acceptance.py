@@ -82,3 +82,13 @@ def test_refusals_carry_a_reason(make, reason):
     with pytest.raises(NarinfoRejected) as info:
         accept_relayed_narinfo(make(key, other), HASH, [key.public])
     assert info.value.reason == reason
+
+
+def test_a_refusal_survives_pickling_with_its_reason():
+    """Refusals come back from the worker process that checks narinfos."""
+    import pickle
+
+    refusal = NarinfoRejected("hash-mismatch", "narinfo signature: hash-mismatch")
+    copy = pickle.loads(pickle.dumps(refusal))
+    assert (copy.reason, str(copy)) == ("hash-mismatch", "narinfo signature: hash-mismatch")
+    assert copy == refusal and copy != NarinfoRejected("unsigned", str(refusal))
