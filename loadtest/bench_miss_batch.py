@@ -56,6 +56,7 @@ WARM_UP = 5
 PAUSE = 3.0  # seconds between phases, so that the DHT nodes' per-source budgets refill
 DIAGNOSTICS = (
     r"dht_lookups|dropped|rejected|timeouts|miss_lookups|refused|contacts_evicted|rebootstraps"
+    r"|narinfo_check|transfers_total|upstream"
 )
 
 

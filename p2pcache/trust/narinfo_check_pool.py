@@ -204,9 +204,12 @@ class NarinfoCheckPool:
         executor: ProcessPoolExecutor,
     ) -> None:
         self._in_flight -= 1
-        if result.cancelled():  # the pool was shut down: the node is stopping
-            for _, future in batch:
-                future.cancel()
+        if result.cancelled():
+            if self._enabled:  # cancelled with a failed worker's queue: check them here
+                self._check_inline(batch)
+            else:  # the node is stopping
+                for _, future in batch:
+                    future.cancel()
             return
         error = result.exception()
         if isinstance(error, BrokenProcessPool):

@@ -177,6 +177,21 @@ async def test_a_killed_worker_is_replaced_and_its_checks_are_still_answered(poo
     assert checks.counts.offloaded == offloaded + 30
 
 
+async def test_checks_in_flight_when_the_worker_dies_are_all_answered(pool):
+    """The batch that was running and those queued behind it fail with the dead pool (or are
+    cancelled by its shutdown); their misses must still get verdicts."""
+    checks, key = pool
+    batch = mixed_batch(key, 200)  # four batches for the one worker
+    tasks = [asyncio.create_task(pool_verdict(checks.accept, d, h)) for d, h in batch]
+    while checks.counts.batches < 4:
+        await asyncio.sleep(0)
+    for pid in list(checks._executor._processes):
+        os.kill(pid, signal.SIGKILL)
+    verdicts = await asyncio.wait_for(asyncio.gather(*tasks), 60)
+    assert verdicts == expected_verdicts(batch, key)
+    assert checks.counts.worker_failures == 1
+
+
 async def test_a_check_whose_miss_gave_up_does_not_disturb_the_others(pool):
     checks, key = pool
     batch = [narinfo(key, n) for n in range(40)]
