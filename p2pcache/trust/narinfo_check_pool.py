@@ -6,12 +6,12 @@ had the node's event loop make 1000 of them in a row, about a third of its CPU p
 core while the other had little to do (loadtest/RESULTS.md). Made in a worker process, they
 run beside the event loop.
 
-Handing one narinfo to a process costs more of the loop's CPU than checking it (measured
-2026-11-26 on this machine: 0.49 ms for a lone item, 0.09 ms each in batches of 8 and 0.03 ms
-in batches of 64, against 0.37 ms inline). So the checks asked for in one loop iteration go
-to the worker together (a narinfo list from one peer arrives in one iteration), and a lone
-check, with nothing already at the worker, is made inline: a single miss never waits for a
-process.
+Handing one narinfo to a process costs the loop about as much CPU as checking it
+(loadtest/bench_narinfo_checks.py, 2026-11-26: 0.90x of the inline check for a lone item,
+0.23x each in batches of 8, 0.09x in batches of 64). So the checks asked for in one loop
+iteration go to the worker together (a narinfo list from one peer arrives in one iteration),
+and a lone check, with nothing already at the worker, is made inline: a single miss never
+waits for a process.
 
 The checks themselves are the pure functions of narinfo_acceptance and narinfo_claim; this
 module only decides where they run.
