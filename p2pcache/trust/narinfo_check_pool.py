@@ -20,6 +20,7 @@ module only decides where they run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -44,6 +45,9 @@ Outcome = tuple[Literal[True], Any] | tuple[Literal[False], str, str]
 # Items sent to the worker at once: larger batches cost the loop less per item, smaller ones
 # bring the first answers back sooner (64 checks take about 22 ms).
 BATCH_LIMIT = 64
+# A worker that fails this often without checking a batch in between (it cannot start, or
+# dies on every batch) is given up for the node's lifetime: checks stay on the loop.
+MAX_FAILURES_IN_A_ROW = 3
 
 
 def check_one(kind: Kind, data: bytes, hash_part: str, acl: list[GuixPublicKey], store_dir: str):
@@ -104,6 +108,7 @@ class NarinfoCheckPool:
         self._pending: list[tuple[Request, asyncio.Future]] = []
         self._flush_scheduled = False
         self._in_flight = 0
+        self._failures_in_a_row = 0
 
     def start(self) -> None:
         """Enable the worker. It is started at the first batch (a node that never sees one,
@@ -112,16 +117,25 @@ class NarinfoCheckPool:
         self._enabled = self.processes > 0
 
     async def warm_up(self) -> None:
-        """Start the worker now and wait until it takes checks (tests, benchmarks)."""
+        """Start the worker now and wait until it takes checks (tests, benchmarks); a worker
+        that cannot start is dealt with at the next batch, as always."""
         if self._enabled:
             self._worker_ready()
             assert self._warming is not None
-            await asyncio.wrap_future(self._warming)
+            with contextlib.suppress(Exception):
+                await asyncio.wrap_future(self._warming)
 
     def _worker_ready(self) -> bool:
         if self._executor is None:
             self._executor = self._new_executor()
-        return self._warming is not None and self._warming.done()
+        warming = self._warming
+        if warming is None or not warming.done():
+            return False
+        error = None if warming.cancelled() else warming.exception()
+        if error is not None:  # the process could not start
+            self._worker_failed(self._executor, error)
+            return False
+        return True
 
     def _new_executor(self) -> ProcessPoolExecutor:
         # spawn, not fork: the node has threads (aiosqlite, zstd, the store db) whose locks
@@ -221,6 +235,7 @@ class NarinfoCheckPool:
                 if not future.done():
                     future.set_exception(error)
             return
+        self._failures_in_a_row = 0
         for (_, future), outcome in zip(batch, result.result(), strict=True):
             if future.done():
                 continue  # its miss gave up meanwhile
@@ -244,11 +259,21 @@ class NarinfoCheckPool:
         if executor is not self._executor:
             return  # already replaced, or closed
         self.counts.worker_failures += 1
+        self._failures_in_a_row += 1
+        executor.shutdown(wait=False, cancel_futures=True)
+        self._executor = None  # a new one is started at the next batch
+        self.counts.processes_ready = 0
+        if self._failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+            self._enabled = False
+            log.error(
+                "the process checking narinfo signatures failed %d times in a row (last: %s); "
+                "checking them on the event loop from now on",
+                self._failures_in_a_row,
+                error or type(error).__name__,
+            )
+            return
         log.warning(
             "the process checking narinfo signatures stopped (%s); checking the narinfos it "
             "held here, and starting a new one",
             error or type(error).__name__,
         )
-        executor.shutdown(wait=False, cancel_futures=True)
-        self._executor = None  # a new one is started at the next batch
-        self.counts.processes_ready = 0

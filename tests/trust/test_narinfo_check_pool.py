@@ -192,6 +192,33 @@ async def test_checks_in_flight_when_the_worker_dies_are_all_answered(pool):
     assert checks.counts.worker_failures == 1
 
 
+def dying_start() -> None:
+    """Replaces the worker's first job: the process dies as it starts."""
+    os._exit(3)
+
+
+async def test_a_worker_that_cannot_start_is_given_up_and_checks_stay_on_the_loop(monkeypatch):
+    from p2pcache.trust import narinfo_check_pool
+
+    monkeypatch.setattr(narinfo_check_pool, "_warm", dying_start)
+    key = generate_key_pair()
+    checks = NarinfoCheckPool([key.public], STORE, 1)
+    checks.start()
+    try:
+        batch = mixed_batch(key, 10)
+        for _ in range(narinfo_check_pool.MAX_FAILURES_IN_A_ROW + 1):
+            verdicts = await asyncio.gather(*(pool_verdict(checks.accept, d, h) for d, h in batch))
+            assert verdicts == expected_verdicts(batch, key)
+            await checks.warm_up()  # the new process dies starting
+        assert checks.counts.worker_failures == narinfo_check_pool.MAX_FAILURES_IN_A_ROW
+        assert checks.counts.offloaded == 0 and checks._executor is None
+        verdicts = await asyncio.gather(*(pool_verdict(checks.accept, d, h) for d, h in batch))
+        assert verdicts == expected_verdicts(batch, key)
+        assert checks._executor is None  # no new attempt
+    finally:
+        checks.close()
+
+
 async def test_a_check_whose_miss_gave_up_does_not_disturb_the_others(pool):
     checks, key = pool
     batch = [narinfo(key, n) for n in range(40)]
