@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import sys
@@ -30,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness import process_tree
+from harness import process_cpu_times, process_tree
 from p2p_network import (
     Network,
     NodeProcess,
@@ -85,23 +86,17 @@ def udp_receive_buffer_errors() -> int:
 def cpu_seconds(nodes: list[NodeProcess]) -> dict[str, tuple[float, float]]:
     """Each node's CPU time so far (utime, stime in /proc/PID/stat), and ours. A node's
     child processes (its narinfo checking process) count as the node's, under "NAME+"."""
-    ticks = os.sysconf("SC_CLK_TCK")
     ours = os.times()
     used = {"client": (ours.user, ours.system)}
     for node in nodes:
-        used[node.name] = process_cpu(node.proc.pid, ticks)
-        children = [process_cpu(pid, ticks) for pid in process_tree(node.proc.pid)[1:]]
+        used[node.name] = process_cpu_times(node.proc.pid)
+        children = []
+        for pid in process_tree(node.proc.pid)[1:]:
+            with contextlib.suppress(OSError):  # it may have exited since
+                children.append(process_cpu_times(pid))
         if children:
             used[node.name + "+"] = (sum(c[0] for c in children), sum(c[1] for c in children))
     return used
-
-
-def process_cpu(pid: int, ticks: int) -> tuple[float, float]:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return (0.0, 0.0)
-    return (int(fields[11]) / ticks, int(fields[12]) / ticks)
 
 
 def timed_narinfos(node: NodeProcess, hashes: list[str], nodes: list[NodeProcess]) -> Batch:

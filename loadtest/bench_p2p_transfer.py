@@ -44,7 +44,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness import nginx, require_tools
+from harness import nginx, process_cpu_times, require_tools
 from p2p_network import (
     Network,
     NodeProcess,
@@ -102,11 +102,6 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def process_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def hash_pipeline(url: str, out: Path | None, decompress: bool) -> tuple[str, int]:
     """curl URL [| zstd -d] | python hashlib [+ write + fsync]; returns (sha256 hex, size)."""
     stages = [f"curl -sSf {shlex.quote(url)}"]
@@ -159,7 +154,7 @@ class Bench:
             wait_joined(fetcher, len(self.seeders))
             spy = py_spy(fetcher, profile) if profile is not None else None
             nodes = [fetcher.proc.pid] + [s.proc.pid for s in self.seeders]
-            cpu = children_cpu() + sum(process_cpu(pid) for pid in nodes)
+            cpu = children_cpu() + sum(sum(process_cpu_times(pid)) for pid in nodes)
             started = time.monotonic()
             host, port = fetcher.host, fetcher.guix_port
             hash_ = hash_part(self.big)
@@ -173,7 +168,7 @@ class Bench:
                 capture_output=True, text=True, check=True,
             ).stdout  # fmt: skip
             seconds = time.monotonic() - started
-            cpu = children_cpu() + sum(process_cpu(pid) for pid in nodes) - cpu
+            cpu = children_cpu() + sum(sum(process_cpu_times(pid)) for pid in nodes) - cpu
             if spy is not None:
                 stop_py_spy(spy)
             if int(size) != self.big.nar_size:

@@ -7,6 +7,7 @@ absolute numbers alone). The machine has 2 cores: the server under test runs alo
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
@@ -169,6 +170,13 @@ def rss_mib(pid: int) -> tuple[float, float]:
     rss = int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1))  # type: ignore[union-attr]
     hwm = int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1))  # type: ignore[union-attr]
     return rss / 1024, hwm / 1024
+
+
+def process_cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds a process has used so far, all its threads (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
 
 
 def process_tree(pid: int) -> list[int]:

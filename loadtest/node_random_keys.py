@@ -15,7 +15,6 @@ Needs the work directory that bench_endpoint.py builds.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -23,12 +22,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_endpoint import random_key_files, read_files, serve_argv
-from harness import RANDOM_PATHS_LUA, free_port, pinned_process, require_tools, rss_mib, wrk
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+from harness import (
+    RANDOM_PATHS_LUA,
+    free_port,
+    pinned_process,
+    process_cpu_times,
+    require_tools,
+    rss_mib,
+    wrk,
+)
 
 
 def main() -> None:
@@ -50,9 +52,9 @@ def main() -> None:
             base = f"http://127.0.0.1:{port}"
             wrk(base, 64, 2, script=lua, script_args=(str(args.workdir / "hot.txt"),))
             for run in range(1, args.runs + 1):
-                before = cpu_seconds(proc.pid)
+                before = sum(process_cpu_times(proc.pid))
                 result = wrk(base, 64, args.duration, script=lua, script_args=every_key)
-                used = cpu_seconds(proc.pid) - before
+                used = sum(process_cpu_times(proc.pid)) - before
                 requests = max(1.0, result.requests_per_second * args.duration)
                 print(
                     f"run {run}: {result.requests_per_second:8.0f} req/s, "
