@@ -148,8 +148,10 @@ class NarinfoCheckPool:
         return executor
 
     def _warmed(self, warming: Future) -> None:
-        # In the executor's thread: only a plain attribute is set.
-        if not warming.cancelled() and warming.exception() is None and self._enabled:
+        # In the executor's thread: only a plain attribute is set, and only for the worker in
+        # use (a replaced one may finish starting after its successor's failure was counted).
+        current = warming is self._warming and self._enabled
+        if current and not warming.cancelled() and warming.exception() is None:
             self.counts.processes_ready = self.processes
 
     def close(self) -> None:
