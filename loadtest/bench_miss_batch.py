@@ -57,8 +57,9 @@ WARM_UP = 5
 PAUSE = 3.0  # seconds between phases, so that the DHT nodes' per-source budgets refill
 DIAGNOSTICS = (
     r"dht_lookups|dropped|rejected|timeouts|miss_lookups|refused|contacts_evicted|rebootstraps"
-    r"|narinfo_check|transfers_total|upstream"
+    r"|narinfo_check|transfers_total|upstream|peers_banned|provider_searches|recent_peer_asks"
 )
+PEER_TROUBLE = ("misbehaved", "banning peer", "could not answer")
 
 
 @dataclass
@@ -168,6 +169,15 @@ def diagnose(network: Network) -> None:
             *each.metrics_matching(DIAGNOSTICS),
             sep="\n     ",
         )
+        trouble = [
+            line.rstrip()
+            for line in each.log.read_text(errors="replace").splitlines()
+            if any(words in line for words in PEER_TROUBLE)
+        ]
+        for line in trouble[:5]:
+            print(f"     log: {line}")
+        if len(trouble) > 5:
+            print(f"     log: ... and {len(trouble) - 5} more such lines")
 
 
 def main() -> None:

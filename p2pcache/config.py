@@ -105,6 +105,7 @@ class Config:
     attestation_timeout: float = 3.0
     miss_timeout: float = 8.0
     miss_check_processes: int = 1
+    miss_recent_providers: int = 2
     dht_rpc_timeout: float = 1.5
     dht_max_per_ip: int = 2
     dht_max_per_subnet: int = 8
@@ -317,6 +318,7 @@ OPTIONS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "trust.attestation_timeout": ("attestation_timeout", _seconds),
     "guix_endpoint.miss_timeout": ("miss_timeout", _seconds),
     "guix_endpoint.miss_check_processes": ("miss_check_processes", _int_range(0, 64)),
+    "guix_endpoint.miss_recent_providers": ("miss_recent_providers", _int_range(0, 8)),
     "admin.listen": ("admin_listen", _listen),
     "admin.metrics_listen": ("metrics_listen", _optional_listen),
     "cache.max_size": ("cache_max_size", parse_size),

@@ -42,6 +42,7 @@ from p2pcache.net.network_metrics import NetworkCollector, NetworkCounters
 from p2pcache.net.peer_client import PeerClient
 from p2pcache.net.peer_ranking import PeerRanking
 from p2pcache.net.providers import ProviderDirectory, ProvidersUnknown, peer_narinfo_source
+from p2pcache.net.recent_providers import RecentProviders
 from p2pcache.net.transfer import TransferStats
 from p2pcache.net.upstream import UpstreamClient
 from p2pcache.net.upstream_narinfo import UpstreamNarinfo, preferred_groups
@@ -124,6 +125,8 @@ class PeerNetwork:
         self.upstream: UpstreamClient | None = None
         self.ranking = PeerRanking()
         self.directory = ProviderDirectory(self._lookup_providers)
+        self.recent_providers = RecentProviders()
+        """Peers whose narinfos were accepted lately: asked for a miss before the DHT is."""
         self.resolver: MissResolver | None = None
         self.narinfo_checks: NarinfoCheckPool | None = None
         self.fetcher: ItemFetcher | None = None
@@ -229,7 +232,16 @@ class PeerNetwork:
         self.trust.consistency_proof = self.evidence.consistency_proof
         # The narinfos of a Guix batch's misses go to their providers in lists, not one by one.
         narinfos = NarinfoBatcher(client)
-        sources = [peer_narinfo_source(self.directory, narinfos, self.ranking)]
+        sources = [
+            peer_narinfo_source(
+                self.directory,
+                narinfos,
+                self.ranking,
+                recent=self.recent_providers,
+                recent_fanout=config.miss_recent_providers,
+                counts=self.counters.provider_searches,
+            )
+        ]
         if config.upstreams:
             sources.append(self._upstream_source)
         self.narinfo_checks = NarinfoCheckPool(
@@ -458,6 +470,7 @@ class PeerNetwork:
             return None
         if resolution.origin is Origin.PEER:
             self.directory.add(hash_part, resolution.source)
+            self.recent_providers.accepted(resolution.source)
         return resolution.item
 
     # -- bringing items in --------------------------------------------------------------------

@@ -196,13 +196,19 @@ class MissResolver:
     async def _first_accepted(self, hash_part: str) -> tuple[Candidate, Judged] | None:
         """The first candidate accepted; None when every source answered and none offered an
         acceptable narinfo; _Inconclusive when none was accepted and a source failed."""
-        queue: asyncio.Queue[Candidate | None] = asyncio.Queue()
+        queue: asyncio.Queue[tuple[Candidate, asyncio.Future[None]] | None] = asyncio.Queue()
         failed: list[str] = []
+        loop = asyncio.get_running_loop()
 
         async def drain(source: NarinfoSource) -> None:
             try:
                 async for candidate in source(hash_part):
-                    await queue.put(candidate)
+                    # A source hears how its candidate fared before it goes on: one that was
+                    # accepted closes the source where it stands (a DHT search not yet begun
+                    # never begins); a refused one lets it ask further.
+                    judged = loop.create_future()
+                    await queue.put((candidate, judged))
+                    await judged
             except P2PCacheError as e:
                 log.debug("a narinfo source failed for %s: %s", hash_part, e)
                 failed.append(str(e))
@@ -214,16 +220,18 @@ class MissResolver:
         bundles: list[list[bytes]] = []  # gathered at most once per lookup
         try:
             while remaining:
-                candidate = await queue.get()
-                if candidate is None:
+                offered = await queue.get()
+                if offered is None:
                     remaining -= 1
                     continue
+                candidate, judged = offered
                 try:
                     accepted = await self._judge(candidate, hash_part, bundles)
                 except NarinfoRejected as e:
                     self.on_rejected(e.reason)
                     source = candidate.source
                     log.info("refused the narinfo of %s from %s: %s", hash_part, source, e)
+                    judged.set_result(None)
                     continue
                 return candidate, accepted
             if failed:

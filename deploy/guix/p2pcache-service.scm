@@ -108,6 +108,8 @@
                  (default 8))
   (miss-check-processes p2pcache-configuration-miss-check-processes ;integer
                         (default 1))
+  (miss-recent-providers p2pcache-configuration-miss-recent-providers ;integer
+                         (default 2))
   ;; [peer]
   (peer-listen   p2pcache-configuration-peer-listen       ;"HOST:PORT"
                  (default "127.0.0.1:8081"))
@@ -224,6 +226,8 @@
     ("guix_endpoint" "miss_timeout" ,p2pcache-configuration-miss-timeout number)
     ("guix_endpoint" "miss_check_processes"
      ,p2pcache-configuration-miss-check-processes integer)
+    ("guix_endpoint" "miss_recent_providers"
+     ,p2pcache-configuration-miss-recent-providers integer)
     ("peer" "listen" ,p2pcache-configuration-peer-listen string)
     ("peer" "advertise_url" ,p2pcache-configuration-advertise-url optional-string)
     ("peer" "fetch_parallel" ,p2pcache-configuration-fetch-parallel integer)

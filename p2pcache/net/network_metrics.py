@@ -36,6 +36,8 @@ class NetworkCounters:
         default_factory=lambda: SecondsHistogram(MISS_BUCKETS, [0] * (len(MISS_BUCKETS) + 1))
     )
     narinfos_refused: Counter[str] = field(default_factory=Counter)  # by reason
+    # per miss: recent, dht, hedged; per ask of a recent provider: held, not-held, failed
+    provider_searches: Counter[str] = field(default_factory=Counter)
     narinfo_checks: CheckCounts = field(default_factory=CheckCounts)
     upstream_fetches: Counter[str] = field(default_factory=Counter)  # ok, failed
     # attestations (bundles sent), checkpoint, inclusion, consistency
@@ -170,6 +172,22 @@ class NetworkCollector(Collector):
             "Relayed narinfos not accepted, by reason (signature verdict, layout, item).",
             "reason",
             c.narinfos_refused,
+        )
+        searches = c.provider_searches
+        yield _counter(
+            "p2pcache_miss_provider_searches",
+            "How the providers of a miss were found: recent (a peer that provided lately had "
+            "it, no DHT search), dht (a DHT search), hedged (a DHT search begun while recent "
+            "peers were still asked).",
+            "how",
+            {how: searches[how] for how in ("recent", "dht", "hedged")},
+        )
+        yield _counter(
+            "p2pcache_miss_recent_peer_asks",
+            "Narinfos asked of peers that provided lately, before any DHT search, by answer "
+            "(held, not-held, failed).",
+            "answer",
+            {answer: searches[answer] for answer in ("held", "not-held", "failed")},
         )
         checks = CounterMetricFamily(
             "p2pcache_narinfo_checks",

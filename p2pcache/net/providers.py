@@ -11,7 +11,9 @@ remembered for it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
@@ -19,7 +21,10 @@ from p2pcache.cache.index import Origin
 from p2pcache.errors import P2PCacheError
 from p2pcache.net.peer_client import PeerError, PeerMisbehaved
 from p2pcache.net.peer_ranking import PeerRanking
+from p2pcache.net.recent_providers import RecentProviders
 from p2pcache.resolver import Candidate, NarinfoSource
+
+log = logging.getLogger(__name__)
 
 FindProviders = Callable[[str], Awaitable[list[str]]]
 """The providers' endpoints; raises ProvidersUnknown when the search could not tell."""
@@ -41,7 +46,8 @@ class ProviderDirectory:
         self.find = find
         self.ttl = ttl
         self.max_items = max_items
-        self._known: dict[str, tuple[float, list[str]]] = {}
+        # hash part -> (expiry, providers, whether a search found them or they were only added)
+        self._known: dict[str, tuple[float, list[str], bool]] = {}
         self._inflight: dict[str, asyncio.Future[list[str]]] = {}
 
     async def providers(self, hash_part: str, *, fresh: bool = False) -> list[str]:
@@ -51,13 +57,23 @@ class ProviderDirectory:
         except ProvidersUnknown:
             return []
 
+    def searched(self, hash_part: str) -> bool:
+        """Whether a search's providers for the item are at hand (a lookup costs nothing)."""
+        known = self._known.get(hash_part)
+        return known is not None and known[2] and known[0] > time.monotonic() and bool(known[1])
+
     async def lookup(self, hash_part: str, *, fresh: bool = False) -> list[str]:
         """The item's providers, remembered for `ttl`; raises ProvidersUnknown (and remembers
-        nothing) when the search could not tell."""
+        nothing) when the search could not tell. Providers only `add`ed (the peer whose
+        narinfo was accepted without a search) come first, but a search still runs: a NAR
+        download wants every provider there is."""
         now = time.monotonic()
         known = self._known.get(hash_part)
-        if known is not None and not fresh and known[0] > now and known[1]:
+        if known is not None and known[0] <= now:
+            known = None
+        if known is not None and not fresh and known[2] and known[1]:
             return known[1]
+        added = known[1] if known is not None and not known[2] else []
         running = self._inflight.get(hash_part)
         if running is not None:
             return await asyncio.shield(running)
@@ -65,25 +81,34 @@ class ProviderDirectory:
         self._inflight[hash_part] = future
         try:
             found = await self.find(hash_part)
+        except ProvidersUnknown as e:
+            if not added:
+                future.set_exception(e)
+                future.exception()
+                raise
+            found = []
         except BaseException as e:
             future.set_exception(e)
             future.exception()
             raise
         finally:
             del self._inflight[hash_part]
+        found = list(dict.fromkeys([*added, *found]))
         future.set_result(found)
         if len(self._known) >= self.max_items:
             self._known = {h: v for h, v in self._known.items() if v[0] > now}
             if len(self._known) >= self.max_items:
                 self._known.clear()
-        self._known[hash_part] = (now + self.ttl, found)
+        self._known[hash_part] = (now + self.ttl, found, True)
         return found
 
     def add(self, hash_part: str, provider: str) -> None:
-        """Remember a provider learned otherwise (e.g. the peer whose narinfo was accepted)."""
-        expiry, known = self._known.get(hash_part, (time.monotonic() + self.ttl, []))
+        """Remember a provider learned otherwise (the peer whose narinfo was accepted)."""
+        expiry, known, searched = self._known.get(
+            hash_part, (time.monotonic() + self.ttl, [], False)
+        )
         if provider not in known:
-            self._known[hash_part] = (expiry, [provider, *known])
+            self._known[hash_part] = (expiry, [provider, *known], searched)
 
 
 def peer_narinfo_source(
@@ -92,41 +117,108 @@ def peer_narinfo_source(
     ranking: PeerRanking,
     *,
     fanout: int = 3,
+    recent: RecentProviders | None = None,
+    recent_fanout: int = 2,
+    counts: Counter[str] | None = None,
 ) -> NarinfoSource:
-    """Ask the best `fanout` providers at once for the narinfo, then the next ones."""
+    """Ask the item's providers for its narinfo: first the peers that provided recently
+    (net/recent_providers), then, when they do not hold it, fail or go quiet, the providers a
+    DHT search finds, the best `fanout` at once and then the next ones.
+
+    `counts` (for metrics) gets one of `recent` (answered by recent peers, no search), `dht`
+    (a search, the recent peers not asked or without the item) or `hedged` (a search started
+    while recent peers were still being asked) per item, and per ask of a recent peer one of
+    `held`, `not-held` or `failed`.
+    """
+    tally: Counter[str] = counts if counts is not None else Counter()
+
+    async def ask(provider: str, hash_part: str) -> tuple[bytes | None, PeerError | None]:
+        try:
+            return await client.narinfo(provider, hash_part), None
+        except PeerMisbehaved as e:
+            if ranking.record_misbehaved(provider):
+                log.warning("banning peer %s for a while: %s", provider, e)
+            else:
+                log.info(
+                    "peer %s misbehaved asked for the narinfo of %s: %s", provider, hash_part, e
+                )
+            return None, e
+        except PeerError as e:
+            ranking.record_unavailable(provider)
+            log.debug("peer %s could not answer for %s: %s", provider, hash_part, e)
+            return None, e
 
     async def source(hash_part: str) -> AsyncIterator[Candidate]:
-        providers = ranking.order(await directory.lookup(hash_part))
-        pending: set[asyncio.Task[tuple[str, bytes | None]]] = set()
-        unavailable: list[str] = []
+        clock = recent.clock if recent is not None else time.monotonic
+        asked: set[str] = set()
+        unavailable: set[str] = set()
+        # task -> (provider, when asked, whether asked as a recent provider)
+        pending: dict[asyncio.Task, tuple[str, float, bool]] = {}
+        queue: list[str] = []
+        found: list[str] = []
+        search: asyncio.Task[list[str]] | None = None
+        searched = False
+        offered_before_search = False
 
-        async def ask(provider: str) -> tuple[str, bytes | None]:
-            try:
-                return provider, await client.narinfo(provider, hash_part)
-            except PeerMisbehaved:
-                ranking.record_misbehaved(provider)
-            except PeerError:
-                ranking.record_unavailable(provider)
-                unavailable.append(provider)
-            return provider, None
+        def start(provider: str, first: bool) -> None:
+            asked.add(provider)
+            pending[asyncio.create_task(ask(provider, hash_part))] = (provider, clock(), first)
 
+        if recent is not None and not directory.searched(hash_part):
+            for provider in recent.to_ask(recent_fanout, ranking.order):
+                start(provider, True)
         try:
-            queue = list(providers)
-            while queue or pending:
-                while queue and len(pending) < fanout:
-                    pending.add(asyncio.create_task(ask(queue.pop(0))))
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                first_asks = [(p, t) for p, t, first in pending.values() if first]
+                hedge_at = min((recent.hedge_at(p, t) for p, t in first_asks), default=0.0)
+                if search is None and (not first_asks or clock() >= hedge_at):
+                    tally["hedged" if first_asks else "dht"] += 1
+                    search = asyncio.create_task(directory.lookup(hash_part))
+                while queue and sum(not first for _, _, first in pending.values()) < fanout:
+                    start(queue.pop(0), False)
+                waiting: set[asyncio.Task] = set(pending)
+                if search is not None and not searched:
+                    waiting.add(search)
+                if not waiting:
+                    break
+                timeout = None if search is not None else max(0.0, hedge_at - clock())
+                done, _ = await asyncio.wait(
+                    waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
                 for task in done:
-                    provider, data = task.result()
+                    if task is search:
+                        searched = True
+                        found = ranking.order(task.result())  # ProvidersUnknown goes up
+                        queue.extend(p for p in found if p not in asked)
+                        continue
+                    provider, asked_at, first = pending.pop(task)
+                    data, error = task.result()
+                    if error is not None and not isinstance(error, PeerMisbehaved):
+                        unavailable.add(provider)
+                    if first and recent is not None:
+                        if error is not None:
+                            tally["failed"] += 1
+                            recent.failed(provider)
+                        else:
+                            tally["held" if data is not None else "not-held"] += 1
+                            recent.answered(provider, data is not None, clock() - asked_at)
                     if data is not None:
+                        # The resolver resumes this generator only when it refused the
+                        # narinfo; when it accepts one, it closes the generator at the yield.
+                        offered_before_search = first and search is None
                         yield Candidate(Origin.PEER, provider, data)
-            if providers and len(unavailable) == len(providers):
+                        offered_before_search = False
+            if found and unavailable.issuperset(found):
                 # Every provider was down or too slow: that says nothing about the item.
                 raise ProvidersUnknown(
-                    f"none of the {len(providers)} provider(s) of {hash_part} could answer"
+                    f"none of the {len(found)} provider(s) of {hash_part} could answer"
                 )
         finally:
+            if offered_before_search:
+                tally["recent"] += 1
             for task in pending:
                 task.cancel()
+            if search is not None and not search.done():
+                search.cancel()
 
     return source

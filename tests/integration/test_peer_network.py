@@ -173,6 +173,36 @@ async def test_a_miss_no_peer_could_answer_is_not_remembered_as_absent(tmp_path,
         assert b.network.counters.misses == {"inconclusive": 1, "found": 1}
 
 
+def provider_lookups(node: Node) -> int:
+    lookups = node.network.dht.stats.lookups
+    return sum(count for (kind, _), count in lookups.items() if kind == "providers")
+
+
+async def test_the_peer_that_provided_the_last_miss_is_asked_before_the_dht(tmp_path, test_store):
+    """After one miss found through the DHT, the next misses go to the peer that provided it
+    (a Guix batch asks for a closure): no DHT search for what it holds, one for what it lacks."""
+    async with network(tmp_path, test_store, 2) as (seed, b):
+        items = await baked(seed, 5)
+        await wait_until_findable(b, items)
+        hashes = [i.path.rsplit("/", 1)[-1][:32] for i in items]
+        host = b.config.listen.host
+        before = provider_lookups(b)
+        (first,) = await guix_client.narinfos(host, b.guix_port, hashes[:1])
+        assert first.status == 200
+        assert provider_lookups(b) == before + 1
+        replies = await guix_client.narinfos(host, b.guix_port, [*hashes[1:], "0" * 32])
+        assert [r.status for r in replies] == [200, 200, 200, 200, 404]
+        assert provider_lookups(b) == before + 2  # only for the item nobody holds
+        searches = b.network.counters.provider_searches
+        assert searches["recent"] == 4 and searches["held"] == 4
+        assert searches["not-held"] == 1 and searches["dht"] == 2
+        # The NAR of an item found that way is still fetched with a search for providers.
+        base = items[1].path.rsplit("/", 1)[-1]
+        nar = await guix_client.get(host, b.guix_port, f"/nar/{base}")
+        assert hashlib.sha256(nar.body).digest() == items[1].nar_sha256
+        assert provider_lookups(b) == before + 3
+
+
 @pytest.mark.parametrize("misses", [200])
 async def test_pipelined_misses_resolve_concurrently(tmp_path, test_store, misses):
     """A batch of misses must not take one lookup after another."""
