@@ -58,6 +58,10 @@ from p2pcache.trust_gate import TrustGate
 
 log = logging.getLogger(__name__)
 
+MAX_CONCURRENT_SEARCHES = 256
+"""DHT provider searches at once. Each keeps a lookup's state and a few RPCs in flight; in
+1000 at once the replies overran the UDP receive buffer (loadtest/RESULTS.md)."""
+
 # Cached items read from the index per page when queueing them all for announcing.
 ANNOUNCE_PAGE = 10_000
 
@@ -125,6 +129,7 @@ class PeerNetwork:
         self.upstream: UpstreamClient | None = None
         self.ranking = PeerRanking()
         self.directory = ProviderDirectory(self._lookup_providers)
+        self._searches = asyncio.Semaphore(MAX_CONCURRENT_SEARCHES)
         self.recent_providers = RecentProviders()
         """Peers whose narinfos were accepted lately: asked for a miss before the DHT is."""
         self.resolver: MissResolver | None = None
@@ -424,7 +429,8 @@ class PeerNetwork:
         nothing and was not complete (nobody answered, or it was cut short)."""
         if self.dht is None:
             return []
-        result = await self.dht.find_providers(hash_part)
+        async with self._searches:
+            result = await self.dht.find_providers(hash_part)
         if not result.found and not result.complete:
             raise ProvidersUnknown(
                 f"the DHT lookup for {hash_part} was incomplete "

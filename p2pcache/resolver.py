@@ -62,7 +62,10 @@ class ResolverSettings:
     store_dir: str = "/gnu/store"
     timeout: float = 8.0
     negative_ttl: float = 20.0
-    max_concurrent: int = 256
+    max_concurrent: int = 1024
+    """Misses resolved at once: a whole Guix batch (the endpoint's pipeline bound), so that
+    asking the peers that provided lately costs one round trip for the batch, not one per
+    wave. The costly part, DHT searches, has its own bound (network.MAX_CONCURRENT_SEARCHES)."""
     max_negative: int = 100_000
 
 

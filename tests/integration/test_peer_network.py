@@ -13,6 +13,7 @@ import sys
 import aiohttp
 import pytest
 
+from p2pcache import network as network_module
 from p2pcache.cache.index import Origin
 from p2pcache.config import ListenAddress
 from p2pcache.guix.narinfo import parse_narinfo
@@ -204,9 +205,23 @@ async def test_the_peer_that_provided_the_last_miss_is_asked_before_the_dht(tmp_
 
 
 @pytest.mark.parametrize("misses", [200])
-async def test_pipelined_misses_resolve_concurrently(tmp_path, test_store, misses):
-    """A batch of misses must not take one lookup after another."""
+async def test_pipelined_misses_resolve_concurrently(tmp_path, test_store, misses, monkeypatch):
+    """A batch of misses must not take one lookup after another; the DHT searches among
+    them are bounded on their own (here to 4, from MAX_CONCURRENT_SEARCHES)."""
+    monkeypatch.setattr(network_module, "MAX_CONCURRENT_SEARCHES", 4)
     async with network(tmp_path, test_store, 2) as (_, b):
+        dht, searching, most = b.network.dht, [0], [0]
+        find_providers = dht.find_providers
+
+        async def counted(hash_part: str):
+            searching[0] += 1
+            most[0] = max(most[0], searching[0])
+            try:
+                return await find_providers(hash_part)
+            finally:
+                searching[0] -= 1
+
+        dht.find_providers = counted
         loop = asyncio.get_running_loop()
         started = loop.time()
         await guix_client.narinfos(b.config.listen.host, b.guix_port, ["1" * 32])
@@ -217,6 +232,7 @@ async def test_pipelined_misses_resolve_concurrently(tmp_path, test_store, misse
         many = loop.time() - started
         assert all(r.status == 404 for r in replies)
         assert many < max(5 * one, 2.0), (one, many)
+        assert most[0] == 4
 
 
 async def test_which_finds_who_holds_a_derivations_outputs(tmp_path, test_store):
