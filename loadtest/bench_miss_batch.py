@@ -2,8 +2,10 @@
 
 Guix asks for up to 1000 narinfos at once, pipelined on one connection, and reads the answers
 in order (tests/guix_client.py does the same). Here every one of them is a miss at the asking
-node: an item it has never seen, held by a seeding node, so each answer needs a DHT provider
-lookup, the narinfo from the provider's peer API, and the trust check. The network: one
+node: an item it has never seen, held by a seeding node, so each answer needs the narinfo from
+the provider's peer API and the trust check. The provider is found by a DHT search, or, once
+the seeder has provided accepted narinfos (the warm-up misses), asked first without one
+(guix_endpoint.miss_recent_providers; `--recent-providers 0` searches the DHT for every miss). The network: one
 seeder (a generated store of about 2,100 small items, baked with `p2pcache publish`), a few
 DHT-only nodes, and the asking node, each a real `p2pcache serve` process on its own
 127.A.B.1 address.
@@ -207,6 +209,12 @@ def main() -> None:
         type=int,
         help="the asker's guix_endpoint.miss_check_processes (default: the shipped setting)",
     )
+    parser.add_argument(
+        "--recent-providers",
+        type=int,
+        help="the asker's guix_endpoint.miss_recent_providers (default: the shipped setting; "
+        "0: every miss searches the DHT)",
+    )
     parser.add_argument("--profile", action="store_true", help="py-spy on the asker's batches")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args()
@@ -239,8 +247,14 @@ def main() -> None:
                 network.start(f"dht-{n}", host_of(1 + n))
             wait_announced(seeder, len(hashes))
             sign_published(seeder, hashes)
-            checks = args.check_processes
-            options = {} if checks is None else {"guix_endpoint.miss_check_processes": str(checks)}
+            options = {
+                f"guix_endpoint.{key}": str(value)
+                for key, value in (
+                    ("miss_check_processes", args.check_processes),
+                    ("miss_recent_providers", args.recent_providers),
+                )
+                if value is not None
+            }
             asker = network.start("asker", host_of(100), log_level="info", options=options)
             wait_joined(asker, 1 + args.dht_nodes)
             print(f"seeder with {len(hashes)} items, {args.dht_nodes} DHT-only nodes, asker")
