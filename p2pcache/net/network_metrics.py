@@ -36,7 +36,8 @@ class NetworkCounters:
         default_factory=lambda: SecondsHistogram(MISS_BUCKETS, [0] * (len(MISS_BUCKETS) + 1))
     )
     narinfos_refused: Counter[str] = field(default_factory=Counter)  # by reason
-    # per miss: recent, dht, hedged; per ask of a recent provider: held, not-held, failed
+    # per miss: recent, dht, hedged; per ask of a recent provider: held, not-held, failed,
+    # refused
     provider_searches: Counter[str] = field(default_factory=Counter)
     narinfo_checks: CheckCounts = field(default_factory=CheckCounts)
     upstream_fetches: Counter[str] = field(default_factory=Counter)  # ok, failed
@@ -185,9 +186,9 @@ class NetworkCollector(Collector):
         yield _counter(
             "p2pcache_miss_recent_peer_asks",
             "Narinfos asked of peers that provided lately, before any DHT search, by answer "
-            "(held, not-held, failed).",
+            "(held, not-held, failed; refused: held, but the node refused the narinfo).",
             "answer",
-            {answer: searches[answer] for answer in ("held", "not-held", "failed")},
+            {answer: searches[answer] for answer in ("held", "not-held", "failed", "refused")},
         )
         checks = CounterMetricFamily(
             "p2pcache_narinfo_checks",

@@ -128,7 +128,7 @@ def peer_narinfo_source(
     `counts` (for metrics) gets one of `recent` (answered by recent peers, no search), `dht`
     (a search, the recent peers not asked or without the item) or `hedged` (a search started
     while recent peers were still being asked) per item, and per ask of a recent peer one of
-    `held`, `not-held` or `failed`.
+    `held`, `not-held` or `failed`, plus `refused` when the narinfo it held was refused.
     """
     tally: Counter[str] = counts if counts is not None else Counter()
 
@@ -208,6 +208,11 @@ def peer_narinfo_source(
                         offered_before_search = first and search is None
                         yield Candidate(Origin.PEER, provider, data)
                         offered_before_search = False
+                        if first and recent is not None:
+                            # Refused (untrusted key, bad signature, wrong item): a peer whose
+                            # narinfos the node does not take is not worth asking first.
+                            tally["refused"] += 1
+                            recent.failed(provider)
             if found and unavailable.issuperset(found):
                 # Every provider was down or too slow: that says nothing about the item.
                 raise ProvidersUnknown(
