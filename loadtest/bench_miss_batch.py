@@ -5,8 +5,9 @@ in order (tests/guix_client.py does the same). Here every one of them is a miss 
 node: an item it has never seen, held by a seeding node, so each answer needs the narinfo from
 the provider's peer API and the trust check. The provider is found by a DHT search, or, once
 the seeder has provided accepted narinfos (the warm-up misses), asked first without one
-(guix_endpoint.miss_recent_providers; `--recent-providers 0` searches the DHT for every miss). The network: one
-seeder (a generated store of about 2,100 small items, baked with `p2pcache publish`), a few
+(guix_endpoint.miss_recent_providers; `--recent-providers 0` searches the DHT for every
+miss). The network: one seeder (a generated store of about 2,100 small items, baked with
+`p2pcache publish`), a few
 DHT-only nodes, and the asking node, each a real `p2pcache serve` process on its own
 127.A.B.1 address.
 
