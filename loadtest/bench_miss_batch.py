@@ -216,6 +216,12 @@ def main() -> None:
         help="the asker's guix_endpoint.miss_recent_providers (default: the shipped setting; "
         "0: every miss searches the DHT)",
     )
+    parser.add_argument(
+        "--cold-start",
+        action="store_true",
+        help="the asker's first batch comes first: no warm-up misses and no single misses "
+        "before it, so no peer has provided yet (a fresh node's first Guix command)",
+    )
     parser.add_argument("--profile", action="store_true", help="py-spy on the asker's batches")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args()
@@ -260,16 +266,18 @@ def main() -> None:
             wait_joined(asker, 1 + args.dht_nodes)
             print(f"seeder with {len(hashes)} items, {args.dht_nodes} DHT-only nodes, asker")
             fresh = iter(hashes)
-            for _ in range(WARM_UP):
+            for _ in range(0 if args.cold_start else WARM_UP):
                 timed_narinfos(asker, [next(fresh)], network.nodes)
             singles: list[Batch] = []
             batches: list[Batch] = []
             for round_number in range(1, args.rounds + 1):
-                time.sleep(PAUSE)
-                these = [
-                    timed_narinfos(asker, [next(fresh)], network.nodes) for _ in range(args.singles)
-                ]
-                singles += these
+                cold = args.cold_start and round_number == 1
+                if not cold:
+                    time.sleep(PAUSE)
+                    these = [
+                        timed_narinfos(asker, [next(fresh)], network.nodes)
+                        for _ in range(args.singles)
+                    ]
                 time.sleep(PAUSE)
                 spy = py_spy(asker, work / f"profile-{round_number}.txt") if args.profile else None
                 batch = timed_narinfos(
@@ -278,6 +286,13 @@ def main() -> None:
                 if spy is not None:
                     stop_py_spy(spy)
                 batches.append(batch)
+                if cold:  # the singles after it, so that round 1 still has its own
+                    time.sleep(PAUSE)
+                    these = [
+                        timed_narinfos(asker, [next(fresh)], network.nodes)
+                        for _ in range(args.singles)
+                    ]
+                singles += these
                 median = statistics.median(b.seconds for b in these)
                 print(
                     f"round {round_number}: single median {median * 1000:.1f} ms "

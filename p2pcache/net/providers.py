@@ -159,6 +159,7 @@ def peer_narinfo_source(
         search: asyncio.Task[list[str]] | None = None
         searched = False
         offered_before_search = False
+        newcomer: asyncio.Future[None] | None = None
 
         def start(provider: str, first: bool) -> None:
             asked.add(provider)
@@ -176,9 +177,14 @@ def peer_narinfo_source(
                     search = asyncio.create_task(directory.lookup(hash_part))
                 while queue and sum(not first for _, _, first in pending.values()) < fanout:
                     start(queue.pop(0), False)
-                waiting: set[asyncio.Task] = set(pending)
+                waiting: set[asyncio.Future] = set(pending)
                 if search is not None and not searched:
                     waiting.add(search)
+                    if recent is not None:
+                        # While the search runs (or waits for its turn), a peer that starts
+                        # providing is asked too.
+                        newcomer = recent.next_added()
+                        waiting.add(newcomer)
                 if not waiting:
                     break
                 timeout = None if search is not None else max(0.0, hedge_at - clock())
@@ -186,6 +192,12 @@ def peer_narinfo_source(
                     waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
                 )
                 for task in done:
+                    if task is newcomer:
+                        assert recent is not None
+                        for provider in recent.to_ask(recent_fanout, ranking.order):
+                            if provider not in asked:
+                                start(provider, True)
+                        continue
                     if task is search:
                         searched = True
                         found = ranking.order(task.result())  # ProvidersUnknown goes up

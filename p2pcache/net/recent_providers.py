@@ -17,6 +17,7 @@ asking is in net/providers.peer_narinfo_source.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,6 +56,15 @@ class RecentProviders:
         self.hedge_factor = hedge_factor
         self.clock = clock
         self.peers: dict[str, RecentPeer] = {}
+        self._added: asyncio.Future[None] | None = None
+
+    def next_added(self) -> asyncio.Future[None]:
+        """Done when the next peer is added. A fresh node's first batch starts with nobody to
+        ask and searches the DHT for every miss, at most MAX_CONCURRENT_SEARCHES at a time;
+        the misses still waiting can ask the first peer that provided instead."""
+        if self._added is None or self._added.done():
+            self._added = asyncio.get_running_loop().create_future()
+        return self._added
 
     def accepted(self, peer: str) -> None:
         """A narinfo from `peer` was accepted: keep asking it first (and again, if it had
@@ -67,6 +77,8 @@ class RecentProviders:
                 oldest = min(self.peers, key=lambda p: self.peers[p].last_accepted)
                 del self.peers[oldest]
             self.peers[peer] = RecentPeer(last_accepted=now, last_answer=now)
+            if self._added is not None and not self._added.done():
+                self._added.set_result(None)
             return
         known.last_accepted = now
         known.hit_rate = max(known.hit_rate, self.min_hit_rate * 2)

@@ -204,6 +204,31 @@ async def test_the_peer_that_provided_the_last_miss_is_asked_before_the_dht(tmp_
         assert provider_lookups(b) == before + 3
 
 
+async def test_a_fresh_nodes_first_batch_asks_the_first_provider_instead_of_waiting(
+    tmp_path, test_store, monkeypatch
+):
+    """No peer has provided yet, so every miss of the batch searches, one search at a time
+    here; once the seed has provided, the misses still waiting for a search ask it instead."""
+    monkeypatch.setattr(network_module, "MAX_CONCURRENT_SEARCHES", 1)
+    async with network(tmp_path, test_store, 2) as (seed, b):
+        items = await baked(seed, 10)
+        await wait_until_findable(b, items)
+        dht = b.network.dht
+        find_providers, searches = dht.find_providers, []
+
+        async def over_a_wan(hash_part: str):
+            searches.append(hash_part)
+            await asyncio.sleep(0.1)  # a search's round trips, which loopback does not have
+            return await find_providers(hash_part)
+
+        dht.find_providers = over_a_wan
+        hashes = [i.path.rsplit("/", 1)[-1][:32] for i in items]
+        replies = await guix_client.narinfos(b.config.listen.host, b.guix_port, hashes)
+        assert [r.status for r in replies] == [200] * 10
+        assert 1 <= len(searches) <= 3, searches  # not 10 searches one after another
+        assert b.network.counters.provider_searches["held"] >= 7
+
+
 @pytest.mark.parametrize("misses", [200])
 async def test_pipelined_misses_resolve_concurrently(tmp_path, test_store, misses, monkeypatch):
     """A batch of misses must not take one lookup after another; the DHT searches among

@@ -155,6 +155,40 @@ async def test_a_recent_provider_that_is_down_is_dropped(caches):
         assert asker.ranking.scores[gone].unavailable == 1
 
 
+async def test_a_peer_that_starts_providing_during_a_search_is_asked_at_once(caches):
+    """A fresh node's first batch searches for every miss; a miss whose search is still
+    waiting asks the first peer that provided instead of waiting for its turn."""
+    a, _, _, _ = caches
+    async with two_peers(caches) as (a_url, b_url, client):
+        turn = asyncio.Event()
+
+        class WaitingSearch(Search):
+            dropped = False
+
+            async def __call__(self, hash_part: str) -> list[str]:
+                self.calls.append(hash_part)
+                try:
+                    await turn.wait()  # as behind the bound on searches at once
+                except asyncio.CancelledError:
+                    self.dropped = True
+                    raise
+                return self.providers
+
+        search, recent, counts = WaitingSearch(b_url), RecentProviders(), Counter()
+        source = peer_narinfo_source(
+            ProviderDirectory(search), client, PeerRanking(), recent=recent, counts=counts
+        )
+        waiting = asyncio.create_task(candidates(source, a.hash_parts[0]))
+        while not search.calls:
+            await asyncio.sleep(0.01)
+        recent.accepted(a_url)  # another miss of the batch was accepted from a
+        (candidate,) = await asyncio.wait_for(waiting, 5)
+        assert candidate.source == a_url
+        await asyncio.sleep(0)  # the source's cleanup has cancelled the search
+        assert search.dropped  # it never got its turn
+        assert counts == {"dht": 1, "held": 1}
+
+
 async def test_providers_already_searched_are_asked_without_recent_ones(caches):
     a, _, _, _ = caches
     async with two_peers(caches) as (a_url, b_url, client):

@@ -1,5 +1,7 @@
 """Which recent providers a miss is offered to first, and when the DHT search must start."""
 
+import asyncio
+
 from p2pcache.net.recent_providers import RecentProviders
 
 
@@ -95,3 +97,15 @@ def test_the_hedge_follows_the_peers_usual_answer_time_and_its_progress():
     later = clock.now + 5.0
     assert providers.hedge_at("http://a", later) == later + 1.5
     assert providers.hedge_at("http://gone", asked) == asked  # dropped: search at once
+
+
+async def test_a_new_peer_wakes_those_waiting_for_one():
+    providers = recent(Clock())
+    added = providers.next_added()
+    assert providers.next_added() is added
+    providers.accepted("http://a")
+    await asyncio.wait_for(added, 1)
+    again = providers.next_added()
+    assert again is not added and not again.done()
+    providers.accepted("http://a")  # known already: nobody new
+    assert not again.done()
