@@ -22,6 +22,7 @@ from p2pcache.cache.chunk_table import (
     encoded_size,
 )
 from p2pcache.errors import P2PCacheError
+from p2pcache.net.bounded_body import BodyTooLarge, read_bounded
 from p2pcache.net.narinfo_list import (
     MAX_NARINFOS_PER_REQUEST,
     NarinfoListFormatError,
@@ -104,10 +105,10 @@ class PeerClient:
                     declared = response.content_length
                     if declared is not None and declared > limit:
                         raise PeerMisbehaved(f"{url} announces {declared} bytes, over {limit}")
-                    data = await response.content.read(limit + 1)
-                    if len(data) > limit:
-                        raise PeerMisbehaved(f"{url} sent more than {limit} bytes")
-                    return data
+                    try:
+                        return await read_bounded(response.content, limit)
+                    except BodyTooLarge:
+                        raise PeerMisbehaved(f"{url} sent more than {limit} bytes") from None
         except TimeoutError:
             raise PeerUnavailable(f"{url} did not answer within {timeout} s") from None
         except aiohttp.ClientError as e:

@@ -36,6 +36,7 @@ from p2pcache.cache.nar_store import NarStore
 from p2pcache.guix.narinfo import MAX_NARINFO_SIZE
 from p2pcache.guix.store_path import DEFAULT_STORE_DIR
 from p2pcache.net.baking_tee import BakingTee
+from p2pcache.net.bounded_body import BodyTooLarge, read_bounded
 from p2pcache.net.nar_decompress import NarDecompressor, NarStreamError
 from p2pcache.net.upstream_narinfo import (
     NarSource,
@@ -309,15 +310,13 @@ async def _read_bounded(response: aiohttp.ClientResponse, url: str) -> bytes:
             f"{url} announces a {declared}-byte narinfo, more than the {MAX_NARINFO_SIZE} allowed",
             url=url,
         )
-    body = bytearray()
-    while data := await response.content.read(MAX_NARINFO_SIZE + 1 - len(body)):
-        body += data
-        if len(body) > MAX_NARINFO_SIZE:
-            raise UpstreamNarinfoError(
-                f"{url} sent a narinfo of more than the {MAX_NARINFO_SIZE} bytes allowed",
-                url=url,
-            )
-    return bytes(body)
+    try:
+        return await read_bounded(response.content, MAX_NARINFO_SIZE)
+    except BodyTooLarge:
+        raise UpstreamNarinfoError(
+            f"{url} sent a narinfo of more than the {MAX_NARINFO_SIZE} bytes allowed",
+            url=url,
+        ) from None
 
 
 def _describe(error: aiohttp.ClientError) -> str:

@@ -18,7 +18,7 @@ from p2pcache.server.admin_app import AiohttpListener
 from p2pcache.trust.bundle_list import MAX_BUNDLE_LIST_SIZE, render_bundle_list
 from p2pcache.trust.checkpoint import MAX_CHECKPOINT_SIZE
 from p2pcache.trust.narinfo_acceptance import accept_relayed_narinfo
-from tests.net.peer_servers import peer_server
+from tests.net.peer_servers import app_server, peer_server
 from tests.seeded_cache import seed_cache
 
 
@@ -119,6 +119,34 @@ async def test_a_narinfo_list_answers_in_the_order_asked(seeded):
         for wrong in ([], [unknown] * 65):
             with pytest.raises(ValueError):
                 await client.narinfos(url, wrong)
+
+
+async def test_an_answer_that_arrives_in_pieces_is_read_whole(seeded):
+    """A narinfo list and a chunk table sent in pieces, with pauses between them (as a busy
+    peer or a slow link delivers them), are taken whole, not cut at the first piece."""
+    cache, _ = seeded
+    async with peer_server(cache, "127.0.2.3") as honest, aiohttp.ClientSession() as session:
+
+        async def in_pieces(request: web.Request) -> web.StreamResponse:
+            async with session.get(honest + request.path) as upstream:
+                body = await upstream.read()
+                status = upstream.status
+            response = web.StreamResponse(status=status)
+            response.content_length = len(body)
+            await response.prepare(request)
+            for start in range(0, len(body), 700):
+                await response.write(body[start : start + 700])
+                await asyncio.sleep(0.01)
+            return response
+
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", in_pieces)
+        async with app_server(app, "127.0.2.4") as slow:
+            client = PeerClient(session)
+            asked = list(cache.hash_parts)
+            assert await client.narinfos(slow, asked) == await client.narinfos(honest, asked)
+            h = cache.hash_parts[0]
+            assert await client.chunk_table(slow, h) == await client.chunk_table(honest, h)
 
 
 async def test_unreachable_peer_is_unavailable_not_misbehaving():
