@@ -45,7 +45,7 @@ class RecentProviders:
         max_peers: int = 8,
         ttl: float = 600.0,
         min_hit_rate: float = 0.25,
-        hedge_floor: float = 0.2,
+        hedge_floor: float = 0.5,
         hedge_factor: float = 3.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -114,7 +114,9 @@ class RecentProviders:
         """When an ask made at `asked_at` has waited too long and the DHT walk should start:
         `hedge_factor` times the peer's usual answer time (at least `hedge_floor`) after the ask
         or after the peer's latest answer, whichever is later. A peer answering other asks of
-        the batch is making progress; its queued asks are not stuck."""
+        the batch is making progress; its queued asks are not stuck. The floor covers a peer
+        not yet timed (found through the DHT, then asked first for the next batch): half a
+        second is more than most round trips, so its first batch does not hedge at once."""
         state = self.peers.get(peer)
         if state is None:
             return asked_at
