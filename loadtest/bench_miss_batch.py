@@ -62,7 +62,7 @@ DIAGNOSTICS = (
     r"dht_lookups|dropped|rejected|timeouts|miss_lookups|refused|contacts_evicted|rebootstraps"
     r"|narinfo_check|transfers_total|upstream|peers_banned|provider_searches|recent_peer_asks"
 )
-PEER_TROUBLE = ("misbehaved", "banning peer", "could not answer")
+PEER_TROUBLE = ("sent a bad answer", "banning peer", "could not answer")
 
 
 @dataclass

@@ -6,6 +6,10 @@ of the same item at the same time share one walk. A lookup that learnt nothing (
 answered, or it was cut short before finding anyone) raises ProvidersUnknown and is not
 kept: to the miss path it means "could not tell", not "nobody has it", so no 404 is
 remembered for it.
+
+A miss's narinfo is first asked of the peers that provided lately (net/recent_providers),
+and the DHT is searched only when they do not have it, so a Guix batch for a closure held by
+one seeder costs that seeder a few narinfo lists and the DHT nothing.
 """
 
 from __future__ import annotations
@@ -140,7 +144,7 @@ def peer_narinfo_source(
                 log.warning("banning peer %s for a while: %s", provider, e)
             else:
                 log.info(
-                    "peer %s misbehaved asked for the narinfo of %s: %s", provider, hash_part, e
+                    "peer %s sent a bad answer for the narinfo of %s: %s", provider, hash_part, e
                 )
             return None, e
         except PeerError as e:
