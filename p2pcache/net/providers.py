@@ -19,7 +19,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from p2pcache.cache.index import Origin
 from p2pcache.errors import P2PCacheError
@@ -45,13 +45,19 @@ class ProvidersUnknown(P2PCacheError):
     short): whether anyone holds the item is unknown."""
 
 
+class _Known(NamedTuple):
+    expiry: float
+    providers: list[str]
+    searched: bool
+    """Whether a search found them, or they were only `add`ed."""
+
+
 class ProviderDirectory:
     def __init__(self, find: FindProviders, *, ttl: float = 300.0, max_items: int = 50_000) -> None:
         self.find = find
         self.ttl = ttl
         self.max_items = max_items
-        # hash part -> (expiry, providers, whether a search found them or they were only added)
-        self._known: dict[str, tuple[float, list[str], bool]] = {}
+        self._known: dict[str, _Known] = {}
         self._inflight: dict[str, asyncio.Future[list[str]]] = {}
 
     async def providers(self, hash_part: str, *, fresh: bool = False) -> list[str]:
@@ -61,10 +67,14 @@ class ProviderDirectory:
         except ProvidersUnknown:
             return []
 
+    def _current(self, hash_part: str, now: float) -> _Known | None:
+        known = self._known.get(hash_part)
+        return known if known is not None and known.expiry > now else None
+
     def searched(self, hash_part: str) -> bool:
         """Whether a search's providers for the item are at hand (a lookup costs nothing)."""
-        known = self._known.get(hash_part)
-        return known is not None and known[2] and known[0] > time.monotonic() and bool(known[1])
+        known = self._current(hash_part, time.monotonic())
+        return known is not None and known.searched and bool(known.providers)
 
     async def lookup(self, hash_part: str, *, fresh: bool = False) -> list[str]:
         """The item's providers, remembered for `ttl`; raises ProvidersUnknown (and remembers
@@ -72,12 +82,10 @@ class ProviderDirectory:
         narinfo was accepted without a search) come first, but a search still runs: a NAR
         download wants every provider there is."""
         now = time.monotonic()
-        known = self._known.get(hash_part)
-        if known is not None and known[0] <= now:
-            known = None
-        if known is not None and not fresh and known[2] and known[1]:
-            return known[1]
-        added = known[1] if known is not None and not known[2] else []
+        known = self._current(hash_part, now)
+        if known is not None and not fresh and known.searched and known.providers:
+            return known.providers
+        added = known.providers if known is not None and not known.searched else []
         running = self._inflight.get(hash_part)
         if running is not None:
             return await asyncio.shield(running)
@@ -85,34 +93,28 @@ class ProviderDirectory:
         self._inflight[hash_part] = future
         try:
             found = await self.find(hash_part)
-        except ProvidersUnknown as e:
-            if not added:
+        except BaseException as e:
+            if not (added and isinstance(e, ProvidersUnknown)):
                 future.set_exception(e)
                 future.exception()
                 raise
-            found = []
-        except BaseException as e:
-            future.set_exception(e)
-            future.exception()
-            raise
+            found = []  # the added providers stand
         finally:
             del self._inflight[hash_part]
         found = list(dict.fromkeys([*added, *found]))
         future.set_result(found)
         if len(self._known) >= self.max_items:
-            self._known = {h: v for h, v in self._known.items() if v[0] > now}
+            self._known = {h: v for h, v in self._known.items() if v.expiry > now}
             if len(self._known) >= self.max_items:
                 self._known.clear()
-        self._known[hash_part] = (now + self.ttl, found, True)
+        self._known[hash_part] = _Known(now + self.ttl, found, True)
         return found
 
     def add(self, hash_part: str, provider: str) -> None:
         """Remember a provider learned otherwise (the peer whose narinfo was accepted)."""
-        expiry, known, searched = self._known.get(
-            hash_part, (time.monotonic() + self.ttl, [], False)
-        )
-        if provider not in known:
-            self._known[hash_part] = (expiry, [provider, *known], searched)
+        known = self._known.get(hash_part) or _Known(time.monotonic() + self.ttl, [], False)
+        if provider not in known.providers:
+            self._known[hash_part] = known._replace(providers=[provider, *known.providers])
 
 
 def peer_narinfo_source(
