@@ -56,6 +56,7 @@ from harness import (
     pinned_process,
     require_tools,
     rss_mib,
+    wait_metric,
     wrk,
 )
 
@@ -186,7 +187,9 @@ def random_key_files(workdir: Path, server: str) -> list[Path]:
     """What a server reads to answer random keys: nginx's narinfo files, the node's index."""
     if server == "nginx":
         return [p for p in (workdir / "nginx").iterdir() if p.suffix == ".narinfo"]
-    return sorted((workdir / "node").glob("index.sqlite*"))
+    return sorted((workdir / "node").glob("index.sqlite*")) + sorted(
+        (workdir / "node").glob("rendered-narinfos")
+    )
 
 
 def warm_nars(workdir: Path) -> None:
@@ -229,6 +232,15 @@ def nginx_master_pid(tmp: Path, timeout: float = 5.0) -> int:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+def wait_rendered(admin: int) -> None:
+    """Wait for the node's first build of its rendered narinfos (it answers from the index
+    until then), and say how long it took."""
+    started = time.monotonic()
+    wait_metric(admin, "p2pcache_rendered_narinfo_builds_total", 1)
+    waited = time.monotonic() - started
+    print(f"the node's rendered narinfos were ready {waited:.1f} s after it listened")
 
 
 def serve_argv(workdir: Path, port: int, admin: int) -> list[str]:
@@ -307,6 +319,7 @@ def main() -> None:
             port, admin = free_port(), free_port()
             print(f"round {round_number}: p2pcache serve (uvloop)")
             with pinned_process(serve_argv(args.workdir, port, admin), port) as proc:
+                wait_rendered(admin)
                 our_runs.append(
                     run_suite("p2pcache", proc.pid, port, args.workdir, lua, args.duration)
                 )

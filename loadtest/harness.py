@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -80,6 +81,25 @@ def wait_listening(port: int, timeout: float = 60.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
+
+
+def wait_metric(admin_port: int, name: str, at_least: float, timeout: float = 600.0) -> float:
+    """Wait until the node's /metrics shows `name` at `at_least` or more; its value then."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as r:
+                text = r.read().decode()
+        except OSError:
+            text = ""
+        for line in text.splitlines():
+            if line.startswith(name + " "):
+                value = float(line.split()[1])
+                if value >= at_least:
+                    return value
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} did not reach {at_least} within {timeout} s")
+        time.sleep(0.5)
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:

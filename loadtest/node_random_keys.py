@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_endpoint import random_key_files, read_files, serve_argv
+from bench_endpoint import random_key_files, read_files, serve_argv, wait_rendered
 from harness import (
     RANDOM_PATHS_LUA,
     free_port,
@@ -49,6 +49,7 @@ def main() -> None:
         lua.write_text(RANDOM_PATHS_LUA)
         every_key = (str(args.workdir / "all.txt"),)
         with pinned_process(serve_argv(args.workdir, port, admin), port) as proc:
+            wait_rendered(admin)
             base = f"http://127.0.0.1:{port}"
             wrk(base, 64, 2, script=lua, script_args=(str(args.workdir / "hot.txt"),))
             for run in range(1, args.runs + 1):

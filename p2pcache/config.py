@@ -123,6 +123,7 @@ class Config:
     idle_timeout: float = 60.0
     request_timeout: float = 30.0
     hot_narinfos: int = 16384
+    rendered_narinfos: bool = True
 
     cache_max_size: int = 20 << 30
     zstd_level: int = 3
@@ -296,6 +297,7 @@ OPTIONS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "guix_endpoint.idle_timeout": ("idle_timeout", _seconds),
     "guix_endpoint.request_timeout": ("request_timeout", _seconds),
     "guix_endpoint.hot_narinfos": ("hot_narinfos", _int_range(0, 10_000_000)),
+    "guix_endpoint.rendered_narinfos": ("rendered_narinfos", _bool),
     "peer.listen": ("peer_listen", _listen),
     "peer.advertise_url": ("advertise_url", _optional_url),
     "peer.fetch_parallel": ("fetch_parallel", _int_range(1, 16)),

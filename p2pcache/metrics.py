@@ -209,6 +209,22 @@ class NodeMetrics:
             "Connections currently open on the Guix substitute endpoint.",
             registry=r,
         )
+        self.rendered_narinfos = Gauge(
+            "p2pcache_rendered_narinfos",
+            "Narinfo answers kept rendered for the fastest hits (0 while the first build runs).",
+            registry=r,
+        )
+        self.rendered_narinfos_file_bytes = Gauge(
+            "p2pcache_rendered_narinfos_file_bytes",
+            "Size of the file of rendered narinfo answers, replaced ones included.",
+            registry=r,
+        )
+        self.rendered_narinfo_builds = Counter(
+            "p2pcache_rendered_narinfo_builds_total",
+            "Builds of the rendered narinfos from the index (at start, and when the table "
+            "is full or the file mostly replaced answers).",
+            registry=r,
+        )
 
         # The cache.
         self.cache_bytes = Gauge(

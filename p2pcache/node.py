@@ -23,6 +23,7 @@ from p2pcache.activity import RecentActivity
 from p2pcache.cache.index import CacheIndex, IndexedItem, Origin, State
 from p2pcache.cache.nar_store import NarStore
 from p2pcache.cache.quota import QuotaKeeper
+from p2pcache.cache.rendered_narinfos import RENDERED_NARINFOS_FILE, RenderedNarinfos
 from p2pcache.config import Config
 from p2pcache.errors import P2PCacheError
 from p2pcache.guix.narinfo import render_signature_line, render_signed_part
@@ -84,6 +85,7 @@ class Node:
         self.key: GuixSecretKey | None = None
         self.publisher: Publisher | None = None
         self.endpoint: GuixEndpoint | None = None
+        self.rendered: RenderedNarinfos | None = None
         self.http: HTTPServer | None = None
         self.quota: QuotaKeeper | None = None
         self.network: PeerNetwork | None = None
@@ -149,6 +151,17 @@ class Node:
             executor=self.io_executor,
         )
         self.endpoint.accessed.on_full = lambda: self._spawn(self._flush_access_times())
+        if config.rendered_narinfos:
+            rendered = RenderedNarinfos(
+                config.data_dir / RENDERED_NARINFOS_FILE,
+                self.index.path,
+                self.endpoint.render_servable,
+                on_built=lambda _: self.metrics.rendered_narinfo_builds.inc(),
+            )
+            rendered.start()
+            self.rendered = self.endpoint.rendered = rendered
+            self.metrics.rendered_narinfos.set_function(lambda: rendered.items)
+            self.metrics.rendered_narinfos_file_bytes.set_function(lambda: rendered.file_bytes)
         limits = ServerLimits(
             max_connections=config.max_connections,
             max_head_size=config.max_request_head,
@@ -231,6 +244,8 @@ class Node:
             with contextlib.suppress(Exception):
                 await task
         await self._flush_access_times()
+        if self.rendered is not None:
+            await self.rendered.close()
         await self.index.close()
         for executor in (self.io_executor, self.bake_executor, self.compress_executor):
             executor.shutdown(wait=True, cancel_futures=True)
@@ -377,11 +392,22 @@ class Node:
                 self.network.note_requested(accessed)  # what Guix fetches is announced first
             await self.index.touch(accessed)
 
+    async def _prune_narinfo_changes(self) -> None:
+        """Delete the change-log entries the rendered narinfos applied (all of them when the
+        node keeps none: the log is only for them)."""
+        if self.rendered is None:
+            await self.index.prune_narinfo_changes(2**63 - 1)
+            return
+        self.rendered.apply_changes()
+        if self.rendered.changes_seen:
+            await self.index.prune_narinfo_changes(self.rendered.changes_seen)
+
     async def _housekeep(self) -> None:
         while True:
             await asyncio.sleep(HOUSEKEEPING_INTERVAL)
             try:
                 await self._flush_access_times()
+                await self._prune_narinfo_changes()
                 await self.refresh_gauges()
             except Exception:
                 log.exception(

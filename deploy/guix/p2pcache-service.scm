@@ -104,6 +104,8 @@
                    (default 30))
   (hot-narinfos  p2pcache-configuration-hot-narinfos      ;integer
                  (default 16384))
+  (rendered-narinfos? p2pcache-configuration-rendered-narinfos? ;boolean
+                     (default #t))
   (miss-timeout  p2pcache-configuration-miss-timeout      ;seconds
                  (default 8))
   (miss-check-processes p2pcache-configuration-miss-check-processes ;integer
@@ -223,6 +225,8 @@
     ("guix_endpoint" "idle_timeout" ,p2pcache-configuration-idle-timeout number)
     ("guix_endpoint" "request_timeout" ,p2pcache-configuration-request-timeout number)
     ("guix_endpoint" "hot_narinfos" ,p2pcache-configuration-hot-narinfos integer)
+    ("guix_endpoint" "rendered_narinfos"
+     ,p2pcache-configuration-rendered-narinfos? boolean)
     ("guix_endpoint" "miss_timeout" ,p2pcache-configuration-miss-timeout number)
     ("guix_endpoint" "miss_check_processes"
      ,p2pcache-configuration-miss-check-processes integer)

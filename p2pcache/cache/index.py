@@ -140,6 +140,29 @@ MIGRATIONS: tuple[tuple[int, str, str, str], ...] = (
         END;
         """,
     ),
+    (
+        3,
+        "2026-11-26",
+        "narinfo_changes: which items' narinfo columns changed, for the rendered narinfos",
+        # Written by triggers, so that a change made by any process (a `cache gc` while the
+        # node serves) reaches the node's rendered narinfos; the node deletes what it has
+        # applied. AUTOINCREMENT: a seq is never reused once the log is emptied.
+        """
+        CREATE TABLE narinfo_changes (
+            seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+            hash_part  TEXT NOT NULL
+        );
+        CREATE TRIGGER narinfo_changes_update AFTER UPDATE OF
+            hash_part, store_path, nar_size, state, signed_part, signature, nar_file, file_size
+            ON items
+        BEGIN
+            INSERT INTO narinfo_changes (hash_part) VALUES (OLD.hash_part);
+        END;
+        CREATE TRIGGER narinfo_changes_delete AFTER DELETE ON items BEGIN
+            INSERT INTO narinfo_changes (hash_part) VALUES (OLD.hash_part);
+        END;
+        """,
+    ),
 )
 
 
@@ -226,6 +249,8 @@ _SELECT_SERVABLE_BY_KEY = f"SELECT {_SERVABLE_COLUMNS} FROM items WHERE key = ? 
 _SELECT_SERVABLE_BY_HASH = (
     f"SELECT {_SERVABLE_COLUMNS} FROM items WHERE hash_part = ? AND {_SERVABLE}"
 )
+SELECT_ALL_SERVABLE = f"SELECT {_SERVABLE_COLUMNS} FROM items WHERE {_SERVABLE}"
+"""Every servable item as ServableNarinfo rows, for building the rendered narinfos."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,7 +293,12 @@ _NIX32_TO_BASE32 = bytes.maketrans(
 
 def row_key(hash_part: str) -> int:
     """The rowid an item is stored under: the first 60 bits of its hash part."""
-    return int(hash_part[:12].encode().translate(_NIX32_TO_BASE32), 32)
+    return encoded_row_key(hash_part.encode())
+
+
+def encoded_row_key(hash_part: bytes) -> int:
+    """`row_key` of a hash part given as ASCII bytes."""
+    return int(hash_part[:12].translate(_NIX32_TO_BASE32), 32)
 
 
 def _item(row: Sequence) -> IndexedItem:
@@ -650,6 +680,10 @@ class CacheIndex:
             )
 
         await self._transaction(body)
+
+    async def prune_narinfo_changes(self, up_to: int) -> None:
+        """Delete the change-log entries up to `up_to`, which the rendered narinfos applied."""
+        await self._write("DELETE FROM narinfo_changes WHERE seq <= ?", (up_to,))
 
     # -- maintenance (asynchronous reads on the writer's thread) ------------------------------
 

@@ -5,8 +5,10 @@ Routes (spec §1.1): `/nix-cache-info`, `/<hash>.narinfo`, `/nar/zstd/<basename>
 deliberate difference from `guix publish`). Everything else is a 404 with a short body.
 
 The hit path is synchronous and cheap: a hot narinfo is a pre-rendered response in a bounded
-in-memory table; a warm one is one indexed SQLite read plus appending the URL groups to the
-signed part stored in the index. Both are offered to the HTTP server as its FastAnswer, by raw
+in-memory table; any other servable one is one pread from the rendered narinfos (a file of
+every answer, rendered: cache/rendered_narinfos.py); one not there yet is one indexed SQLite
+read plus appending the URL groups to the signed part stored in the index, then kept in the
+rendered narinfos. All are offered to the HTTP server as its FastAnswer, by raw
 request target, before any Request object exists. Only misses return an awaitable (the
 resolver may look in the Guix database now, and in the peer network later), so pipelined
 misses run concurrently while the server keeps the answers in order. Pre-rendered answers
@@ -27,8 +29,16 @@ from pathlib import Path
 from p2pcache.cache.access_log import AccessLog
 from p2pcache.cache.chunk_table import decode_chunk_table
 from p2pcache.cache.chunked_zstd import iter_decompressed
-from p2pcache.cache.index import CacheIndex, IndexedItem, NarinfoFields, Origin, State
+from p2pcache.cache.index import (
+    CacheIndex,
+    IndexedItem,
+    NarinfoFields,
+    Origin,
+    ServableNarinfo,
+    State,
+)
 from p2pcache.cache.nar_store import NarStore, NarStoreError
+from p2pcache.cache.rendered_narinfos import RenderedNarinfos
 from p2pcache.errors import P2PCacheError
 from p2pcache.guix.nar import NarHasher, iter_nar
 from p2pcache.guix.narinfo import render_own_url_groups
@@ -107,6 +117,8 @@ class GuixEndpoint:
         self.on_missing_file = on_missing_file
         self.remote_stream = remote_stream
         self.executor = executor
+        # Every servable narinfo, rendered (see RenderedNarinfos); set by the node.
+        self.rendered: RenderedNarinfos | None = None
         # Pre-rendered narinfos by request target (b"/<hash>.narinfo"), oldest first. Bytes,
         # so that the server's fast path can look a target up before it makes a Request.
         self._hot: OrderedDict[bytes, RawResponse] = OrderedDict()
@@ -163,17 +175,27 @@ class GuixEndpoint:
         if match is None:
             return None
         hash_part = match.group(1).decode()
-        found = self.index.servable_narinfo_in_snapshot(hash_part)
-        if found is None:
-            return None
+        rendered = self.rendered
+        data = None if rendered is None else rendered.get(hash_part)
+        if data is None:
+            found = self.index.servable_narinfo_in_snapshot(hash_part)
+            if found is None:
+                return None
+            data = self.render_servable(found)
+            if rendered is not None:
+                rendered.add(hash_part, data)
         self._lookups.hits += 1
-        body = found.signed + render_own_url_groups(found.basename, found.nar_size, found.zstd_size)
-        head = self._narinfo_head % len(body)
         if self._admit():
-            response = RawResponse(head + body, len(head), 200, "narinfo")
+            response = RawResponse(data, data.index(b"\r\n\r\n") + 4, 200, "narinfo")
             self.remember(hash_part, response)
             return response
-        return FastReply(head + body, 200, "narinfo")
+        return FastReply(data, 200, "narinfo")
+
+    def render_servable(self, found: ServableNarinfo) -> bytes:
+        """The whole 200 answer (head and narinfo) for a servable item; also what the
+        rendered narinfos keep, built in their worker thread (so: no state touched)."""
+        body = found.signed + render_own_url_groups(found.basename, found.nar_size, found.zstd_size)
+        return self._narinfo_head % len(body) + body
 
     def handle(self, request) -> AnyResponse | Awaitable[AnyResponse]:
         path: str = request.path
@@ -302,6 +324,8 @@ class GuixEndpoint:
         the index's shared snapshot, so that the next answer is rendered from the change."""
         self._hot.pop(b"/%s.narinfo" % hash_part.encode(), None)
         self.index.end_snapshot()
+        if self.rendered is not None:
+            self.rendered.drop(hash_part)
 
     # -- NARs ---------------------------------------------------------------------------------
 

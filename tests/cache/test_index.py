@@ -330,3 +330,23 @@ def test_migration_scripts_split_into_whole_statements():
         sql_statements("CREATE TRIGGER g AFTER INSERT ON t BEGIN UPDATE t SET x = 1;")
     for _version, _dated, _description, sql in MIGRATIONS:
         assert all(sqlite3.complete_statement(s) for s in sql_statements(sql))
+
+
+async def test_narinfo_changes_are_logged_by_trigger_and_pruned(index):
+    """Every change to what a narinfo shows is logged (whoever writes); access times are not."""
+    await index.add_items([new_item(HASH_A), new_item(HASH_B)])
+    await index.set_signature(HASH_A, b"StorePath: x\n", b"Signature: 1;h;x\n")
+    await index.touch({HASH_A: 10**9, HASH_B: 10**9})
+    await index.mark_baked(HASH_B, "bb/b.zst", 9, b"t", b"r")
+    db = sqlite3.connect(index.path, isolation_level=None)
+    db.execute("UPDATE items SET state = 'corrupt' WHERE hash_part = ?", (HASH_A,))
+    await index.remove([HASH_B])
+    log = "SELECT seq, hash_part FROM narinfo_changes ORDER BY seq"
+    rows = db.execute(log).fetchall()
+    assert [h for _, h in rows] == [HASH_A, HASH_B, HASH_A, HASH_B]
+    await index.prune_narinfo_changes(rows[1][0])
+    assert db.execute(log).fetchall() == rows[2:]
+    await index.prune_narinfo_changes(rows[-1][0])
+    await index.mark_unbaked(HASH_A)
+    (seq,) = db.execute("SELECT seq FROM narinfo_changes").fetchone()
+    assert seq > rows[-1][0]  # never reused once the log was emptied

@@ -3,6 +3,7 @@ corrupt and unknown ones, and pre-rendered (hot) answers that never outlive a ch
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import sqlite3
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 
 from p2pcache.cache.index import CacheIndex, IndexedItem, NewItem, Origin
 from p2pcache.cache.nar_store import NarStore
+from p2pcache.cache.rendered_narinfos import RenderedNarinfos
 from p2pcache.metrics import NodeMetrics
 from p2pcache.server.guix_endpoint import HOT_ADMISSION_ONE_IN, EndpointSettings, GuixEndpoint
 from p2pcache.server.http_response import FastReply, RawResponse
@@ -174,3 +176,31 @@ async def test_forgetting_an_item_drops_the_index_snapshot_too(index, tmp_path):
     db.close()
     ep.forget(SIGNED)
     assert b"Compression: zstd\nFileSize: 77\n" in body(ep.fast_answer(target))
+
+
+async def test_rendered_narinfos_answer_what_the_index_would_until_forgotten(index, tmp_path):
+    """With the rendered narinfos built, a hit is read from them, byte for byte what the
+    index gives; a change the node reports is answered from the index again, then kept."""
+    ep = endpoint(index, tmp_path, [])
+    from_index = ep.fast_answer(f"/{SIGNED}.narinfo".encode()).data
+    ep._hot.clear()
+    rendered = RenderedNarinfos(tmp_path / "rendered", index.path, ep.render_servable)
+    ep.rendered = rendered
+    rendered.start()
+    try:
+        while not rendered.ready:
+            await asyncio.sleep(0.01)
+        target = f"/{SIGNED}.narinfo".encode()
+        assert rendered.get(SIGNED) == from_index
+        assert ep.fast_answer(target).data == from_index
+        assert ep.fast_answer(f"/{UNSIGNED}.narinfo".encode()) is None  # left to the handler
+        ep._hot.clear()
+        await index.mark_baked(SIGNED, "aa/x.zst", 99, b"table", b"r" * 32)
+        ep.forget(SIGNED)  # the node reports the change: no waiting for the change log
+        assert rendered.get(SIGNED) is None
+        fresh = ep.fast_answer(target).data
+        assert b"Compression: zstd\nFileSize: 99\n" in fresh
+        assert rendered.get(SIGNED) == fresh  # kept again, as rendered from the change
+        assert get(ep, SIGNED).data == fresh  # the handler's own rendering
+    finally:
+        await rendered.close()
