@@ -104,7 +104,7 @@ class Config:
     trust_accept_forced: bool = False
     attestation_timeout: float = 3.0
     miss_timeout: float = 8.0
-    miss_check_processes: int = 1
+    miss_check_processes: int = 2
     miss_recent_providers: int = 2
     dht_rpc_timeout: float = 1.5
     dht_max_per_ip: int = 2

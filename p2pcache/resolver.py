@@ -28,6 +28,7 @@ from p2pcache.cache.index import CacheIndex, IndexedItem, NewItem, Origin
 from p2pcache.errors import P2PCacheError
 from p2pcache.guix.narinfo import Narinfo
 from p2pcache.guix.signing_key import GuixPublicKey
+from p2pcache.logs import LinesPerWindow
 from p2pcache.trust.item_trust import ItemTrust
 from p2pcache.trust.narinfo_acceptance import NarinfoRejected
 from p2pcache.trust.narinfo_check_pool import NarinfoCheckPool
@@ -109,6 +110,7 @@ class MissResolver:
         self.index = index
         # Items accepted at the same moment (a Guix batch) are recorded in one transaction.
         self._adds = GroupedAdds(index.add_items)
+        self._found_log = LinesPerWindow(log, "items found for misses")
         self.trust = trust
         self.sources = sources
         self.settings = settings or ResolverSettings()
@@ -178,7 +180,7 @@ class MissResolver:
             return None
         candidate, judged = accepted
         resolution = await self._record(hash_part, candidate, judged)
-        log.info(
+        self._found_log.info(
             "found %s at %s %s (%.0f ms)%s",
             judged.narinfo.store_path,
             "upstream" if candidate.origin is Origin.UPSTREAM else "peer",

@@ -109,7 +109,7 @@
   (miss-timeout  p2pcache-configuration-miss-timeout      ;seconds
                  (default 8))
   (miss-check-processes p2pcache-configuration-miss-check-processes ;integer
-                        (default 1))
+                        (default 2))
   (miss-recent-providers p2pcache-configuration-miss-recent-providers ;integer
                          (default 2))
   ;; [peer]

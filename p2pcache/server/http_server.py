@@ -104,6 +104,13 @@ _WRITE_BATCH = 128
 # while it answers (measured, same load: 8-16 connections 25-34 us of CPU a request, 32 and
 # unbounded 24-27 us, writing after each read 28-36 us).
 _WRITE_TOGETHER = 32
+# Handlers left running (misses) that one connection starts in one turn of the event loop; the
+# requests after them wait in the held queue for the next turn. A Guix batch pipelines up to
+# 1000 misses: started all at once, every one of them took its first step before the first
+# narinfo list went to a peer (asyncio runs ready callbacks in order), about 100 ms of CPU on
+# loopback (loadtest/bench_miss_batch.py, 2026-11-26). Started 64 a turn, the first lists go
+# out while the rest are being started, and other connections are served in between.
+MISSES_PER_TURN = 64
 
 _METHODS = {b"GET": "GET", b"HEAD": "HEAD"}
 _RESPONSE_TYPES = (RawResponse, Response, FileResponse, StreamResponse)
@@ -481,7 +488,8 @@ class _Connection(asyncio.Protocol):
         self._has_connection_header = False
         # State.
         self._write_paused = False
-        self._reading_paused = False  # by the pipeline bound
+        self._reading_paused = False  # by the pipeline bound, or MISSES_PER_TURN
+        self._misses_this_turn = 0
         self._input_closed = False  # no more requests will be read
         self._close_when_drained = False
         self._closed = False
@@ -766,7 +774,11 @@ class _Connection(asyncio.Protocol):
     def _enqueue(self, entry: _Exchange) -> None:
         if self._observer is not None:
             entry.started = time.perf_counter()
-        if self._held or len(self._queue) >= self._limits.max_pipeline:
+        if (
+            self._held
+            or len(self._queue) >= self._limits.max_pipeline
+            or self._misses_this_turn >= MISSES_PER_TURN
+        ):
             self._held.append(entry)
             if not self._reading_paused:
                 self._reading_paused = True
@@ -790,6 +802,9 @@ class _Connection(asyncio.Protocol):
         if isinstance(result, _RESPONSE_TYPES):
             entry.response = result
         elif inspect.isawaitable(result):
+            if not self._misses_this_turn:
+                self._loop.call_soon(self._next_turn)
+            self._misses_this_turn += 1
             task = asyncio.ensure_future(result)
             entry.task = task
             task.add_done_callback(partial(self._on_handler_done, entry))
@@ -877,10 +892,17 @@ class _Connection(asyncio.Protocol):
         if self._close_when_drained and not self._transport.is_closing():
             self._transport.close()
 
+    def _next_turn(self) -> None:
+        """A new turn of the event loop: start the held requests the last one had no room for."""
+        self._misses_this_turn = 0
+        if self._held and not self._closed:
+            self._refill()
+
     def _refill(self) -> None:
-        """Dispatch held requests while the pipeline has room; read again once none wait."""
+        """Dispatch held requests while the pipeline and this turn have room; read again once
+        none wait."""
         held, queue, limit = self._held, self._queue, self._limits.max_pipeline
-        while held and len(queue) < limit:
+        while held and len(queue) < limit and self._misses_this_turn < MISSES_PER_TURN:
             entry = held.popleft()
             queue.append(entry)
             if entry.response is None:

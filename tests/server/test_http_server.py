@@ -25,6 +25,7 @@ from p2pcache.server.http_response import (
 )
 from p2pcache.server.http_server import (
     _WRITE_TOGETHER,
+    MISSES_PER_TURN,
     Request,
     ServerLimits,
     _new_request,
@@ -86,6 +87,49 @@ async def test_1000_pipelined_gets_are_answered_in_request_order() -> None:
             assert (answer.status, answer.body) == (200, f"/{i}.narinfo".encode())
         await client.close()
     assert completed != sorted(completed)  # the answers really were ready out of order
+
+
+@both_loops
+async def test_a_pipelined_batch_of_misses_is_started_a_bounded_number_per_turn() -> None:
+    """1000 pipelined misses are started MISSES_PER_TURN per turn of the loop, so the first
+    ones get going (a peer asked) before the last is even started; answers stay in order."""
+    loop = asyncio.get_running_loop()
+    turn = 0
+
+    def tick() -> None:
+        nonlocal turn
+        turn += 1
+        if not stopped:
+            loop.call_soon(tick)
+
+    stopped = False
+    started_in: list[int] = []
+    first_step_in: list[int] = []
+
+    async def miss(req: Request) -> Response:
+        first_step_in.append(turn)
+        await asyncio.sleep(0.01)
+        return Response(200, req.path.encode(), label="miss")
+
+    def handle(req: Request) -> object:
+        started_in.append(turn)
+        return miss(req)
+
+    loop.call_soon(tick)
+    try:
+        async with serving(handle) as server:  # type: ignore[arg-type]
+            client = await RawClient.connect(server)
+            await client.send(b"".join(request(f"/{i}.narinfo") for i in range(1000)))
+            for i in range(1000):
+                answer = await client.read_answer()
+                assert (answer.status, answer.body) == (200, f"/{i}.narinfo".encode())
+            await client.close()
+    finally:
+        stopped = True
+    per_turn = {t: started_in.count(t) for t in set(started_in)}
+    assert len(started_in) == 1000 and max(per_turn.values()) <= MISSES_PER_TURN
+    assert len(per_turn) >= 1000 // MISSES_PER_TURN
+    assert first_step_in[0] < started_in[-1]  # the first miss ran before the last started
 
 
 @both_loops
