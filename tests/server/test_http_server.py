@@ -59,6 +59,18 @@ async def stream_of(*chunks: bytes, fail_after: int | None = None) -> AsyncItera
 # Pipelining
 
 
+async def pipelined_batch_answered_in_order(handle: object, count: int) -> None:
+    """Write `count` narinfo requests at once, as Guix does, and read every answer back in
+    request order, each the path it asked for."""
+    async with serving(handle) as server:  # type: ignore[arg-type]
+        client = await RawClient.connect(server)
+        await client.send(b"".join(request(f"/{i}.narinfo") for i in range(count)))
+        for i in range(count):
+            answer = await client.read_answer()
+            assert (answer.status, answer.body) == (200, f"/{i}.narinfo".encode())
+        await client.close()
+
+
 @both_loops
 async def test_1000_pipelined_gets_are_answered_in_request_order() -> None:
     """Some answers are ready at once, others after random delays, so they complete out of
@@ -79,13 +91,7 @@ async def test_1000_pipelined_gets_are_answered_in_request_order() -> None:
             return Response(200, req.path.encode())
         return later(req, n, delays[n])
 
-    async with serving(handle) as server:  # type: ignore[arg-type]
-        client = await RawClient.connect(server)
-        await client.send(b"".join(request(f"/{i}.narinfo") for i in range(1000)))
-        for i in range(1000):
-            answer = await client.read_answer()
-            assert (answer.status, answer.body) == (200, f"/{i}.narinfo".encode())
-        await client.close()
+    await pipelined_batch_answered_in_order(handle, 1000)
     assert completed != sorted(completed)  # the answers really were ready out of order
 
 
@@ -117,13 +123,7 @@ async def test_a_pipelined_batch_of_misses_is_started_a_bounded_number_per_turn(
 
     loop.call_soon(tick)
     try:
-        async with serving(handle) as server:  # type: ignore[arg-type]
-            client = await RawClient.connect(server)
-            await client.send(b"".join(request(f"/{i}.narinfo") for i in range(1000)))
-            for i in range(1000):
-                answer = await client.read_answer()
-                assert (answer.status, answer.body) == (200, f"/{i}.narinfo".encode())
-            await client.close()
+        await pipelined_batch_answered_in_order(handle, 1000)
     finally:
         stopped = True
     per_turn = {t: started_in.count(t) for t in set(started_in)}
