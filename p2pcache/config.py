@@ -117,6 +117,7 @@ class Config:
 
     narinfo_ttl: int = 86400
     negative_ttl: int = 60
+    undecided_ttl: int = 0
     max_connections: int = 256
     max_pipeline: int = 1024
     max_request_head: int = 16384
@@ -291,6 +292,7 @@ OPTIONS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "guix_endpoint.listen": ("listen", _listen),
     "guix_endpoint.narinfo_ttl": ("narinfo_ttl", _int_range(0, 365 * 86400)),
     "guix_endpoint.negative_ttl": ("negative_ttl", _int_range(0, 86400)),
+    "guix_endpoint.undecided_ttl": ("undecided_ttl", _int_range(0, 3600)),
     "guix_endpoint.max_connections": ("max_connections", _int_range(1, 1_000_000)),
     "guix_endpoint.max_pipeline": ("max_pipeline", _int_range(1, 100_000)),
     "guix_endpoint.max_request_head": ("max_request_head", _int_range(1024, 1 << 20)),

@@ -10,6 +10,11 @@ class P2PCacheError(Exception):
     """Base class of every error p2pcache reports on purpose."""
 
 
+class LookupUndecided(P2PCacheError):
+    """A miss's lookup timed out, or a source could not tell whether it holds the item:
+    nothing says the item is absent, so its 404 must not be cached for long."""
+
+
 class FormatError(P2PCacheError, ValueError):
     """Input bytes do not follow the format they claim to be in."""
 

@@ -138,6 +138,7 @@ class Node:
                 store_root=config.store_root,
                 narinfo_ttl=config.narinfo_ttl,
                 negative_ttl=config.negative_ttl,
+                undecided_ttl=config.undecided_ttl,
                 hot_narinfos=config.hot_narinfos,
             ),
             self.index,

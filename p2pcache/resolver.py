@@ -10,8 +10,9 @@ its own narinfo for it. Pipelined misses resolve concurrently, up to a bound, an
 same item asked twice at once is looked up once. A miss is remembered for a short time so a
 burst of requests for an absent item costs one lookup; but only a conclusive one, where every
 source answered (absent): a lookup that timed out or a source that could not tell (a DHT
-lookup nobody answered, providers that were all down) is answered 404 for now (with the
-endpoint's short max-age) and asked again next time, never remembered as absent.
+lookup nobody answered, providers that were all down) raises LookupUndecided: the endpoint
+answers 404 with a max-age of its own (0 by default, so that Guix asks again next time), and
+the miss is never remembered as absent.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 
 from p2pcache.cache.grouped_adds import GroupedAdds
 from p2pcache.cache.index import CacheIndex, IndexedItem, NewItem, Origin
-from p2pcache.errors import P2PCacheError
+from p2pcache.errors import LookupUndecided, P2PCacheError
 from p2pcache.guix.narinfo import Narinfo
 from p2pcache.guix.signing_key import GuixPublicKey
 from p2pcache.logs import LinesPerWindow
@@ -175,8 +176,12 @@ class MissResolver:
         seconds = time.monotonic() - started
         self.on_outcome(outcome, seconds)
         if accepted is None:
-            if outcome == "absent":
-                self._remember_absent(hash_part)
+            if outcome != "absent":
+                raise LookupUndecided(
+                    f"the lookup of {hash_part} "
+                    + ("timed out" if outcome == "timeout" else "had no source that could tell")
+                )
+            self._remember_absent(hash_part)
             return None
         candidate, judged = accepted
         resolution = await self._record(hash_part, candidate, judged)

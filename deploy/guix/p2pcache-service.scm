@@ -92,6 +92,8 @@
                  (default 86400))
   (negative-ttl  p2pcache-configuration-negative-ttl      ;integer (seconds)
                  (default 60))
+  (undecided-ttl p2pcache-configuration-undecided-ttl     ;integer (seconds)
+                 (default 0))
   (max-connections p2pcache-configuration-max-connections ;integer
                    (default 256))
   (max-pipeline  p2pcache-configuration-max-pipeline      ;integer
@@ -219,6 +221,7 @@
     ("guix_endpoint" "listen" ,p2pcache-configuration-listen string)
     ("guix_endpoint" "narinfo_ttl" ,p2pcache-configuration-narinfo-ttl integer)
     ("guix_endpoint" "negative_ttl" ,p2pcache-configuration-negative-ttl integer)
+    ("guix_endpoint" "undecided_ttl" ,p2pcache-configuration-undecided-ttl integer)
     ("guix_endpoint" "max_connections" ,p2pcache-configuration-max-connections integer)
     ("guix_endpoint" "max_pipeline" ,p2pcache-configuration-max-pipeline integer)
     ("guix_endpoint" "max_request_head" ,p2pcache-configuration-max-request-head integer)

@@ -39,7 +39,7 @@ from p2pcache.cache.index import (
 )
 from p2pcache.cache.nar_store import NarStore, NarStoreError
 from p2pcache.cache.rendered_narinfos import RenderedNarinfos
-from p2pcache.errors import P2PCacheError
+from p2pcache.errors import LookupUndecided, P2PCacheError
 from p2pcache.guix.nar import NarHasher, iter_nar
 from p2pcache.guix.narinfo import render_own_url_groups
 from p2pcache.metrics import NodeMetrics
@@ -85,6 +85,7 @@ class EndpointSettings:
     narinfo_ttl: int
     negative_ttl: int
     hot_narinfos: int
+    undecided_ttl: int = 0
 
 
 class GuixEndpoint:
@@ -136,6 +137,14 @@ class GuixEndpoint:
             404,
             b"No such store item.\n",
             headers=(("Cache-Control", f"max-age={settings.negative_ttl}"),),
+            label="narinfo",
+        ).prerender()
+        # A 404 that only says the lookup could not finish (it timed out, or no source could
+        # tell): Guix caches a 404 for its max-age, so this one gets its own, short, one.
+        self._undecided_narinfo = Response(
+            404,
+            b"No such store item found in time; ask again later.\n",
+            headers=(("Cache-Control", f"max-age={settings.undecided_ttl}"),),
             label="narinfo",
         ).prerender()
         self._not_found = Response(404, b"Resource not found.\n", label="other").prerender()
@@ -244,9 +253,11 @@ class GuixEndpoint:
         assert self.resolve_miss is not None
         try:
             item = await self.resolve_miss(hash_part)
+        except LookupUndecided:
+            return self._undecided_narinfo  # counted in the miss metrics already
         except P2PCacheError as e:
             log.warning("could not look up %s: %s", hash_part, e)
-            item = None
+            return self._undecided_narinfo
         if item is None or item.state is State.CORRUPT:
             return self._not_found_narinfo
         return self._narinfo_response(item)

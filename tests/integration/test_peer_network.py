@@ -144,6 +144,8 @@ async def test_untrusted_seed_is_refused(tmp_path, test_store):
         h = items[0].path.rsplit("/", 1)[-1][:32]
         replies = await guix_client.narinfos(b.config.listen.host, b.guix_port, [h])
         assert replies[0].status == 404
+        # Every source answered: a conclusive absence, cached by Guix for negative_ttl.
+        assert replies[0].headers["cache-control"] == f"max-age={b.config.negative_ttl}"
         assert b.index.get(h) is None
 
 
@@ -164,6 +166,8 @@ async def test_a_miss_no_peer_could_answer_is_not_remembered_as_absent(tmp_path,
         finally:
             await seed_dht.start(*address)  # the same node at the same address
         assert replies[0].status == 404
+        assert replies[0].headers["cache-control"] == "max-age=0"  # Guix asks again
+        assert b"ask again later" in replies[0].body
         assert b.network.counters.misses == {"inconclusive": 1}
         assert b.network.dht.stats.lookups[("providers", "incomplete")] == 1
         assert b.network.dht.stats.routing_table_size == 1  # kept: one silence is not death

@@ -43,10 +43,12 @@ async def test_pipelined_batch_is_answered_in_order(node, test_store):
             batch.append(UNKNOWN[i % len(UNKNOWN)])
     replies = await guix_client.narinfos(HOST, node.guix_port, batch)
     assert len(replies) == len(batch)
+    assert node.network.counters.misses == {"inconclusive": len(UNKNOWN)}
     for requested, reply in zip(batch, replies, strict=True):
         if requested in UNKNOWN:
             assert reply.status == 404
-            assert reply.headers["cache-control"] == f"max-age={node.config.negative_ttl}"
+            # A node with no peer and no upstream cannot tell that an item is absent.
+            assert reply.headers["cache-control"] == f"max-age={node.config.undecided_ttl}"
             continue
         assert reply.status == 200
         assert reply.headers["content-type"] == "application/x-nix-narinfo"
