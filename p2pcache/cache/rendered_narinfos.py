@@ -51,6 +51,9 @@ MAX_LOAD = 0.75
 """A table with more slots in use (live or deleted) than this is built again, bigger."""
 BUILD_LOAD = 0.5
 """The load a table is built for: room for the items added before the next build."""
+MAX_SLOTS = 1 << 23
+"""The largest table: 96 MiB of memory, for up to 6.3 million items (MAX_LOAD). A bigger
+index keeps the items beyond that in SQLite only, answered the slower way."""
 _WRITE_BATCH = 1 << 20
 MAX_CHANGES_APPLIED = 10_000
 """More changes than this at once (an idle node that baked a lot) are not applied one by one:
@@ -62,7 +65,7 @@ _GARBAGE_FLOOR = 64 << 20
 def slot_count(items: int) -> int:
     """The number of slots a table for `items` answers is built with (a power of two)."""
     slots = 1024
-    while slots * BUILD_LOAD < items:
+    while slots * BUILD_LOAD < items and slots < MAX_SLOTS:
         slots *= 2
     return slots
 
@@ -238,7 +241,9 @@ class RenderedNarinfos:
         if len(record) > MAX_RECORD:
             return
         if table.used + 1 > MAX_LOAD * len(table.tags):
-            self.request_build()
+            # A build helps if the table may grow, or if deleted slots are a good share of it.
+            if len(table.tags) < MAX_SLOTS or table.live < 0.8 * table.used:
+                self.request_build()
             return
         found = _find(table, record[:_HASH_LENGTH])
         if found is not None:

@@ -317,3 +317,19 @@ async def test_too_many_changes_at_once_make_a_new_build(index, rendered, monkey
     for h in HASHES[:4]:
         assert rendered.get(h) == expected(index, h) is not None
     assert rendered.changes_seen == 0 or rendered.changes_seen >= 3
+
+
+async def test_the_table_stops_growing_at_its_largest_size(index, rendered, monkeypatch):
+    """An index bigger than the largest table keeps the rest in SQLite, without building
+    again and again."""
+    monkeypatch.setattr(rendered_narinfos, "MAX_SLOTS", 1024)
+    rendered.start()
+    await built(rendered)
+    hashes = [f"{n:04d}" + "0" * 28 for n in range(900)]
+    for h in hashes:
+        rendered.add(h, b"answer " + h.encode())
+    assert rendered._build is None and rendered.builds == 1
+    assert rendered.items == int(rendered_narinfos.MAX_LOAD * 1024)
+    assert rendered.get(hashes[0]) == b"answer " + hashes[0].encode()
+    assert rendered.get(hashes[-1]) is None  # answered from the index
+    assert slot_count(10**9) == 1024
