@@ -158,6 +158,7 @@ class Node:
                 self.index.path,
                 self.endpoint.render_servable,
                 on_built=lambda _: self.metrics.rendered_narinfo_builds.inc(),
+                on_change=self.endpoint.forget_hot,
             )
             rendered.start()
             self.rendered = self.endpoint.rendered = rendered

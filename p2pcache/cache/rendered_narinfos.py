@@ -159,11 +159,15 @@ class RenderedNarinfos:
         render: Callable[[ServableNarinfo], bytes],
         *,
         on_built: Callable[[RenderedNarinfos], None] | None = None,
+        on_change: Callable[[str | None], None] | None = None,
     ) -> None:
         self.path = path
         self.index_path = index_path
         self.render = render
         self.on_built = on_built
+        self.on_change = on_change
+        """Told each item the change log names (None: every item), for other caches of
+        answers (the endpoint's hot narinfos), whichever process made the change."""
         self._table: _Table | None = None
         self._log: sqlite3.Connection | None = None
         self._data_version = -1
@@ -186,6 +190,9 @@ class RenderedNarinfos:
             f"file:{self.index_path}?mode=ro", uri=True, check_same_thread=False
         )
         self._log.isolation_level = None
+        # Changes logged before now concern nothing this process answered.
+        last = self._log.execute("SELECT coalesce(max(seq), 0) FROM narinfo_changes")
+        self._seen = last.fetchone()[0]
         self.request_build()
 
     async def close(self) -> None:
@@ -275,9 +282,11 @@ class RenderedNarinfos:
 
     def apply_changes(self) -> None:
         """Drop the items the change log names since the last call, if anything was
-        committed since (the node also calls this when idle, so that the log stays short)."""
-        if self._log is None or self._table is None:
-            return  # nothing to drop from: a build catches up from where its snapshot began
+        committed since, and tell `on_change` (the node also calls this when idle, so that
+        the log stays short). While a build runs there is no table to drop from, but
+        `on_change` still hears of every change; the build catches up from its snapshot."""
+        if self._log is None:
+            return
         try:
             version = self._log.execute("PRAGMA data_version").fetchone()[0]
             if version == self._data_version:
@@ -286,10 +295,13 @@ class RenderedNarinfos:
                 "SELECT seq, hash_part FROM narinfo_changes WHERE seq > ? ORDER BY seq LIMIT ?",
                 (self._seen, MAX_CHANGES_APPLIED + 1),
             ).fetchall()
+            if len(rows) > MAX_CHANGES_APPLIED:
+                last = self._log.execute("SELECT coalesce(max(seq), 0) FROM narinfo_changes")
+                self._seen = last.fetchone()[0]
         except sqlite3.Error as e:
             # Not knowing what changed, nothing here may be answered from.
             log.warning("could not read the index's change log (%s); rendering from the index", e)
-            self._discard()
+            self._forget_everything()
             return
         self._data_version = version
         if len(rows) > MAX_CHANGES_APPLIED:
@@ -297,23 +309,28 @@ class RenderedNarinfos:
                 "over %d narinfo changes to apply at once; building the rendered narinfos anew",
                 MAX_CHANGES_APPLIED,
             )
-            self._discard()
+            self._forget_everything()
             return
         for seq, hash_part in rows:
             self.drop(hash_part)
+            if self.on_change is not None:
+                self.on_change(hash_part)
             self._seen = seq
 
     def _next_iteration(self) -> None:
         self._checked = False
 
-    def _discard(self) -> None:
+    def _forget_everything(self) -> None:
         """Answer nothing from here until a build has caught up (it starts from the log's
-        end as it is then, and applies what follows)."""
+        end as it is then, and applies what follows); `on_change` hears None: everything."""
+        if self.on_change is not None:
+            self.on_change(None)
         if self._table is not None:
             os.close(self._table.fd)
             self._table = None
         self._data_version = -1
-        self.request_build()
+        if self._build is None:
+            self.request_build()
 
     # -- builds (a worker thread) -------------------------------------------------------------
 

@@ -12,7 +12,9 @@ rendered narinfos. All are offered to the HTTP server as its FastAnswer, by raw
 request target, before any Request object exists. Only misses return an awaitable (the
 resolver may look in the Guix database now, and in the peer network later), so pipelined
 misses run concurrently while the server keeps the answers in order. Pre-rendered answers
-never outlive a change: the node calls `forget` when an item is baked, evicted or refused.
+never outlive a change: the node calls `forget` when an item is baked, evicted or refused,
+and the index's change log, read through the rendered narinfos, tells of changes made by
+other processes (`forget_hot`).
 """
 
 from __future__ import annotations
@@ -329,6 +331,14 @@ class GuixEndpoint:
             # first key of a plain dict again and again makes finding the first key slow.)
             hot.popitem(last=False)
         hot[b"/%s.narinfo" % hash_part.encode()] = response
+
+    def forget_hot(self, hash_part: str | None) -> None:
+        """Drop one pre-rendered narinfo, or all of them (None): the index's change log says
+        it changed, perhaps by another process."""
+        if hash_part is None:
+            self._hot.clear()
+        else:
+            self._hot.pop(b"/%s.narinfo" % hash_part.encode(), None)
 
     def forget(self, hash_part: str) -> None:
         """Drop a pre-rendered narinfo (the item was baked, evicted or found corrupt), and

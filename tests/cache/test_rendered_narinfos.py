@@ -333,3 +333,31 @@ async def test_the_table_stops_growing_at_its_largest_size(index, rendered, monk
     assert rendered.get(hashes[0]) == b"answer " + hashes[0].encode()
     assert rendered.get(hashes[-1]) is None  # answered from the index
     assert slot_count(10**9) == 1024
+
+
+async def test_other_caches_of_answers_hear_of_every_change(index, tmp_path, monkeypatch):
+    """The endpoint's hot narinfos learn of a change by any process through on_change; a
+    flood of changes tells them to forget everything."""
+    heard: list[str | None] = []
+    await add_signed(index, HASHES[0])
+    rendered = RenderedNarinfos(tmp_path / "r", index.path, render, on_change=heard.append)
+    outside = sqlite3.connect(index.path, isolation_level=None)
+    try:
+        rendered.start()
+        outside.execute("UPDATE items SET file_size = 5 WHERE hash_part = ?", (HASHES[0],))
+        await asyncio.sleep(0)
+        rendered.get(HASHES[1])  # the first lookup of an iteration reads the log
+        assert heard == [HASHES[0]]  # heard even while the first build may be running
+        await built(rendered)
+        monkeypatch.setattr(rendered_narinfos, "MAX_CHANGES_APPLIED", 1)
+        for size in (6, 7):
+            outside.execute("UPDATE items SET file_size = ? WHERE hash_part = ?", (size, HASHES[0]))
+        await asyncio.sleep(0)
+        rendered.get(HASHES[1])
+        assert heard[-1] is None
+        await built(rendered)
+        await asyncio.sleep(0)
+        assert answer(rendered, index, HASHES[0]) == expected(index, HASHES[0])
+    finally:
+        outside.close()
+        await rendered.close()

@@ -204,3 +204,26 @@ async def test_rendered_narinfos_answer_what_the_index_would_until_forgotten(ind
         assert get(ep, SIGNED).data == fresh  # the handler's own rendering
     finally:
         await rendered.close()
+
+
+async def test_a_hot_narinfo_changed_by_another_process_is_dropped(index, tmp_path):
+    """`p2pcache cache gc` beside the node: the change log reaches the hot narinfos too."""
+    ep = endpoint(index, tmp_path, [])
+    rendered = RenderedNarinfos(
+        tmp_path / "rendered", index.path, ep.render_servable, on_change=ep.forget_hot
+    )
+    ep.rendered = rendered
+    rendered.start()
+    try:
+        target = f"/{SIGNED}.narinfo".encode()
+        hot = get(ep, SIGNED)  # answered from the index and remembered as hot
+        assert ep.fast_answer(target) is hot
+        db = sqlite3.connect(index.path, isolation_level=None)
+        db.execute("UPDATE items SET state = 'corrupt' WHERE hash_part = ?", (SIGNED,))
+        db.close()
+        await asyncio.sleep(0)
+        assert ep.fast_answer(f"/{UNSIGNED}.narinfo".encode()) is None  # reads the log
+        assert ep.fast_answer(target) is None  # corrupt: left to the handler, which refuses
+        assert get(ep, SIGNED).status == 404
+    finally:
+        await rendered.close()
