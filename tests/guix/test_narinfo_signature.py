@@ -8,9 +8,11 @@ import subprocess
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from p2pcache.errors import NarinfoFormatError, SignatureError
-from p2pcache.guix import ed25519_ecdsa, nix32
+from p2pcache.guix import ed25519_ecdsa, narinfo_signature, nix32
 from p2pcache.guix.narinfo import (
     NarURL,
     parse_fields,
@@ -586,3 +588,56 @@ def test_version_numbers_read_like_guile(oracle):
     assert len(guile) == len(VERSIONS), result.stderr[-500:]
     for version, answer in zip(VERSIONS, guile, strict=True):
         assert _scheme_number_is_one(version) == (answer == "T"), version
+
+
+# -- the signature as libgcrypt prints it, recognised in one match ------------------------------
+
+
+def _printed(digest: bytes, r: bytes, s: bytes, q: bytes, flags: bool) -> str:
+    return narinfo_signature._PRINTED.format(
+        hex="#{}#", flags="   (flags eddsa)\n" if flags else ""
+    ).format(*(v.hex().upper() for v in (digest, r, s, q)))
+
+
+def test_vector_signatures_as_printed_read_as_the_general_reader_reads_them(vectors_dir):
+    seen = {}
+    for path in sorted(vectors_dir.glob("*.narinfo")):
+        for line in path.read_text().splitlines():
+            if line.startswith("Signature: "):
+                text = base64.b64decode(line.split(";")[2]).decode()
+                fast = narinfo_signature._as_libgcrypt_prints_it(text)
+                seen[path.name] = fast is not None
+                assert fast is None or fast == parse_sexp(text)
+    assert seen["tree.narinfo"] and seen["hello-synthetic.narinfo"]
+    assert not seen["tree-eddsa.narinfo"]  # an EdDSA sig-val: the general reader's
+
+
+_atom = st.binary(min_size=1, max_size=40)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_atom, _atom, _atom, _atom, st.booleans())
+def test_any_printed_signature_reads_as_the_general_reader_reads_it(digest, r, s, q, flags):
+    text = _printed(digest, r, s, q, flags)
+    fast = narinfo_signature._as_libgcrypt_prints_it(text)
+    assert fast is not None and fast == parse_sexp(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_an_edited_signature_is_never_read_differently(data):
+    """Whatever one edit does to a printed signature, the one-match reading either declines
+    (the general reader decides) or gives what the general reader gives."""
+    text = _printed(bytes(32), b"\x01" * 32, b"\x02" * 32, b"\x03" * 32, data.draw(st.booleans()))
+    at = data.draw(st.integers(0, len(text) - 1))
+    edit = data.draw(st.sampled_from(["replace", "insert", "delete"]))
+    char = data.draw(st.sampled_from(list(' \n\t()#0123456789ABCDEFabcdefsq|"')))
+    if edit == "replace":
+        text = text[:at] + char + text[at + 1 :]
+    elif edit == "insert":
+        text = text[:at] + char + text[at:]
+    else:
+        text = text[:at] + text[at + 1 :]
+    fast = narinfo_signature._as_libgcrypt_prints_it(text)
+    if fast is not None:
+        assert fast == parse_sexp(text)
