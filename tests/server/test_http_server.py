@@ -133,6 +133,26 @@ async def test_a_pipelined_batch_of_misses_is_started_a_bounded_number_per_turn(
 
 
 @both_loops
+async def test_misses_held_for_later_turns_are_answered_after_the_client_half_closes() -> None:
+    """A client that writes its batch and shuts its side still gets every answer, those of
+    the misses waiting for a later turn included."""
+
+    async def miss(req: Request) -> Response:
+        await asyncio.sleep(0.01)
+        return Response(200, req.path.encode(), label="miss")
+
+    async with serving(miss) as server:
+        client = await RawClient.connect(server)
+        await client.send(b"".join(request(f"/{i}.narinfo") for i in range(300)))
+        client.writer.write_eof()
+        for i in range(300):
+            answer = await client.read_answer()
+            assert (answer.status, answer.body) == (200, f"/{i}.narinfo".encode())
+        assert await client.reader.read() == b""  # then the server closes
+        await client.close()
+
+
+@both_loops
 async def test_pipelined_slow_answers_are_computed_concurrently() -> None:
     """100 misses of 0.3 s each on one connection take about 0.3 s, not 30 s."""
 
