@@ -90,6 +90,11 @@ class EndpointSettings:
     undecided_ttl: int = 0
 
 
+def _narinfo_200(answer: bytes) -> RawResponse:
+    """A rendered narinfo answer (`render_servable`) as a response that HEAD can cut short."""
+    return RawResponse(answer, answer.index(b"\r\n\r\n") + 4, 200, "narinfo")
+
+
 class GuixEndpoint:
     """The request handler of the Guix substitute endpoint."""
 
@@ -197,7 +202,7 @@ class GuixEndpoint:
                 rendered.add(hash_part, data)
         self._lookups.hits += 1
         if self._admit():
-            response = RawResponse(data, data.index(b"\r\n\r\n") + 4, 200, "narinfo")
+            response = _narinfo_200(data)
             self.remember(hash_part, response)
             return response
         return FastReply(data, 200, "narinfo")
@@ -282,26 +287,17 @@ class GuixEndpoint:
         # for the narinfo, then others on the same machine do): always remembered.
         return self._render_narinfo(fields, remember=True)
 
-    @staticmethod
-    def _narinfo_body(fields: NarinfoFields) -> bytes:
-        """The narinfo of a signed item: its stored signed part and Signature line, then the
-        URL groups of the forms this node holds now."""
-        baked = fields.state == _BAKED and fields.nar_file is not None
-        return (
-            fields.signed_part  # type: ignore[operator]
-            + fields.signature
-            + render_own_url_groups(
-                fields.store_path.rsplit("/", 1)[-1],
-                fields.nar_size,
-                fields.file_size if baked else None,
-            )
-        )
-
     def _render_narinfo(self, fields: NarinfoFields, *, remember: bool) -> RawResponse:
         """The 200 for a signed item, remembered as hot if asked."""
-        body = self._narinfo_body(fields)
-        head = self._narinfo_head % len(body)
-        response = RawResponse(head + body, len(head), 200, "narinfo")
+        baked = fields.state == _BAKED and fields.nar_file is not None
+        servable = ServableNarinfo(
+            fields.hash_part,
+            fields.signed_part + fields.signature,  # type: ignore[operator]
+            fields.store_path.rsplit("/", 1)[-1],
+            fields.nar_size,
+            fields.file_size if baked else None,
+        )
+        response = _narinfo_200(self.render_servable(servable))
         if remember:
             self.remember(fields.hash_part, response)
         return response
