@@ -118,9 +118,9 @@ def _find(table: _Table, hash_part: bytes) -> tuple[int, bytes] | None:
         i = (i + 1) & mask
 
 
-def _place(table: _Table, key: int, location: int) -> None:
-    """Put a record's location in the first free slot of its probe sequence (the caller has
-    removed any older record of the same item)."""
+def _place(table: _Table, key: int, length: int) -> None:
+    """Put the record of `length` bytes that goes at the file's end in the first free slot of
+    its probe sequence (the caller has removed any older record of the same item)."""
     tags, mask = table.tags, table.mask
     i = key & mask
     while tags[i] > _DELETED:
@@ -128,9 +128,10 @@ def _place(table: _Table, key: int, location: int) -> None:
     if tags[i] == _EMPTY:
         table.used += 1
     tags[i] = _tag(key)
-    table.locations[i] = location
+    table.locations[i] = (table.end << 16) | length
+    table.end += length
     table.live += 1
-    table.live_bytes += location & 0xFFFF
+    table.live_bytes += length
 
 
 def _remove(table: _Table, slot: int) -> None:
@@ -179,7 +180,6 @@ class RenderedNarinfos:
         self._build_wanted = False
         self._closed = False
         self.builds = 0
-        self.last_build_seconds = 0.0
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -260,8 +260,7 @@ class RenderedNarinfos:
         except OSError as e:
             log.warning("could not add to the rendered narinfos (%s); answering from the index", e)
             return
-        _place(table, row_key(hash_part), (table.end << 16) | len(record))
-        table.end += len(record)
+        _place(table, row_key(hash_part), len(record))
         if table.end > max(_GARBAGE_FLOOR, 2 * table.live_bytes):
             self.request_build()  # mostly replaced answers: write the live ones anew
 
@@ -348,7 +347,6 @@ class RenderedNarinfos:
         try:
             table = await asyncio.to_thread(self._build_table)
         except _Closed:
-            self._build = None
             return
         except Exception as e:
             log.warning(
@@ -357,9 +355,9 @@ class RenderedNarinfos:
                 e,
                 exc_info=not isinstance(e, OSError | sqlite3.Error),
             )
-            self._build = None
             return
-        self._build = None
+        finally:
+            self._build = None
         if self._closed:
             os.close(table.fd)
             return
@@ -370,13 +368,12 @@ class RenderedNarinfos:
         self._data_version = -1  # catch up with the log at the next lookup
         self._checked = False
         self.builds += 1
-        self.last_build_seconds = time.monotonic() - started
         log.info(
             "rendered narinfos ready: %d items, %.0f MiB in %s, built in %.1f s",
             table.live,
             table.end / 2**20,
             self.path,
-            self.last_build_seconds,
+            time.monotonic() - started,
         )
         if self.on_built is not None:
             self.on_built(self)
@@ -413,8 +410,7 @@ class RenderedNarinfos:
                 record = item.hash_part.encode() + self.render(item)
                 if len(record) > MAX_RECORD:
                     continue
-                _place(table, row_key(item.hash_part), (table.end << 16) | len(record))
-                table.end += len(record)
+                _place(table, row_key(item.hash_part), len(record))
                 pending.append(record)
                 pending_bytes += len(record)
                 if pending_bytes >= _WRITE_BATCH:
