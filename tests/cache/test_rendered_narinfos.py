@@ -13,8 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2pcache.cache import rendered_narinfos
-from p2pcache.cache.index import CacheIndex, NewItem, Origin, ServableNarinfo, State, row_key
+from p2pcache.cache.index import CacheIndex, ServableNarinfo, State, row_key
 from p2pcache.cache.rendered_narinfos import RenderedNarinfos, slot_count
+from tests.cache.test_index import new_item
 
 HASHES = [c * 31 + "0" for c in "abcdf"] + ["a" * 12 + "b" * 19 + "0"]  # two share a row key
 
@@ -25,18 +26,6 @@ def render(item: ServableNarinfo) -> bytes:
         item.basename.encode(),
         item.nar_size,
         item.zstd_size,
-    )
-
-
-def new_item(hash_part: str) -> NewItem:
-    return NewItem(
-        hash_part=hash_part,
-        store_path=f"/gnu/store/{hash_part}-x",
-        nar_hash="sha256:" + "0" * 52,
-        nar_size=1234,
-        references=(),
-        deriver=None,
-        origin=Origin.STORE,
     )
 
 
