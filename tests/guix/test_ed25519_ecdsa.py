@@ -19,6 +19,17 @@ from p2pcache.guix.sexp import find_token, parse_sexp
 ORDER_8_POINT = bytes.fromhex("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a")
 
 
+@pytest.fixture(params=["compiled", "libsodium"])
+def verify_path(request, monkeypatch):
+    """Both ways of verifying: the C extension's tables, and libsodium alone (a build without
+    a C compiler). They must accept exactly the same signatures."""
+    if request.param == "libsodium":
+        monkeypatch.setattr(ecdsa, "_compiled", None)
+    else:
+        assert ecdsa.has_compiled_verify(), "the C extension was not built"
+    return request.param
+
+
 @pytest.fixture(scope="module")
 def test_key(vectors_dir):
     secret = parse_sexp((vectors_dir / "test-signing-key.sec").read_bytes())
@@ -48,7 +59,7 @@ def test_vectors_e_k_r_s(signed_cases, test_key):
         assert ecdsa.sign(digest, d) == (int(case["r_hex"], 16), int(case["s_hex"], 16))
 
 
-def test_vectors_verify(signed_cases, test_key):
+def test_vectors_verify(signed_cases, test_key, verify_path):
     _, q = test_key
     for case in signed_cases:
         r, s = int(case["r_hex"], 16), int(case["s_hex"], 16)
@@ -166,6 +177,10 @@ def test_sign_verify_round_trip(d, digest):
     assert 0 < r < N and 0 < s < N
     assert ecdsa.verify(digest, r, s, q)
     assert not ecdsa.verify(bytes(b ^ 1 for b in digest), r, s, q)
+    w = pow(s, -1, N)
+    u1, u2 = ecdsa.hash_to_int(digest) * w % N, r * w % N
+    assert ecdsa._verify_with_libsodium(u1, u2, r, q)  # the path without the extension
+    assert not ecdsa._verify_with_libsodium(u1, u2, r + 1, q)
 
 
 def test_secret_scalars_that_cannot_sign_are_refused():
@@ -198,13 +213,13 @@ def signature(test_key):
     ],
     ids=["r=0", "s=0", "r=n", "s=n", "r+n", "s+n", "swapped", "s+1", "r-1"],
 )
-def test_verify_rejects_altered_values(signature, r_of, s_of):
+def test_verify_rejects_altered_values(signature, r_of, s_of, verify_path):
     digest, r, s, q = signature
     assert ecdsa.verify(digest, r, s, q)
     assert not ecdsa.verify(digest, r_of(r, s), s_of(r, s), q)
 
 
-def test_negated_s_is_not_a_second_valid_signature(signature):
+def test_negated_s_is_not_a_second_valid_signature(signature, verify_path):
     # On a Weierstrass curve (r, n - s) also verifies; on Edwards, -X has x = p - x(X), so
     # libgcrypt rejects it (checked with the oracle), and so must we.
     digest, r, s, q = signature
@@ -224,19 +239,19 @@ def test_negated_s_is_not_a_second_valid_signature(signature):
     ],
     ids=["short", "long", "non-canonical", "off-curve", "identity", "order-2", "order-8"],
 )
-def test_verify_rejects_invalid_public_points(signature, bad_q):
+def test_verify_rejects_invalid_public_points(signature, bad_q, verify_path):
     digest, r, s, _ = signature
     assert not ecdsa.verify(digest, r, s, bad_q)
 
 
-def test_verify_rejects_a_point_with_a_small_order_component(signature):
+def test_verify_rejects_a_point_with_a_small_order_component(signature, verify_path):
     digest, r, s, q = signature
     mixed = sodium.crypto_core_ed25519_add(q, ORDER_8_POINT)
     assert not sodium.crypto_core_ed25519_is_valid_point(mixed)
     assert not ecdsa.verify(digest, r, s, mixed)
 
 
-def test_verify_rejects_a_signature_whose_point_is_the_identity(test_key):
+def test_verify_rejects_a_signature_whose_point_is_the_identity(test_key, verify_path):
     # u1·G + u2·Q = (e + r·d)/s · G is the identity when r = -e/d (mod n).
     d, q = test_key
     digest = hashlib.sha256(b"identity").digest()
@@ -246,7 +261,7 @@ def test_verify_rejects_a_signature_whose_point_is_the_identity(test_key):
     assert not ecdsa.verify(digest, r, 12345, q)
 
 
-def test_verify_with_a_digest_that_reduces_to_zero(test_key):
+def test_verify_with_a_digest_that_reduces_to_zero(test_key, verify_path):
     # e ≡ 0 (mod n) makes u1 = 0: X = u2·Q alone, no base-point term.
     d, q = test_key
     digest = (N << 3).to_bytes(32, "big")
