@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from p2pcache.cache.index import CacheIndex
@@ -26,6 +27,7 @@ async def test_default_policy_needs_no_attestations_and_follows_the_trust_file(t
         assert gate.policy().mode is Mode.EITHER and not gate.policy().needs_attestations
         assert (tmp_path / "trust" / "checkpoints.sqlite").exists()
         add_entry(tmp_path / "trust" / "trusted-keys", "builder", "alpha", b"\x01" * 32)
+        await asyncio.sleep(0)  # the file is looked at once per loop iteration
         policy = gate.policy()
         assert [b.name for b in policy.builders] == ["alpha"] and policy.needs_attestations
         assert gate.policy() is policy  # unchanged file: the same policy object

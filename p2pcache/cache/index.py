@@ -572,55 +572,29 @@ class CacheIndex:
 
     async def add_items(self, items: Iterable[NewItem]) -> int:
         """Insert items not yet known (known ones are left alone); returns how many were new."""
-        now = int(time.time())
-        rows = [
-            (
-                row_key(i.hash_part),
-                i.hash_part,
-                i.store_path,
-                i.nar_hash,
-                i.nar_size,
-                " ".join(i.references),
-                i.deriver,
-                str(i.origin),
-                str(State.UNBAKED),
-                i.store_id,
-                i.signed_part,
-                i.signature,
-                now,
-                now,
-            )
-            for i in items
-        ]
+        rows = _new_rows(items)
         if not rows:
             return 0
-        insert = (
-            "INSERT OR IGNORE INTO items (key, hash_part, store_path, nar_hash, nar_size, refs,"
-            " deriver, origin, state, store_id, signed_part, signature, added_at,"
-            " last_access) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        )
+        return await self._transaction(lambda db: _insert_new(db, rows))
 
-        async def body(db: aiosqlite.Connection) -> int:
-            # rowcount, not total_changes: the latter counts the triggers' updates too.
-            added = (await db.executemany(insert, rows)).rowcount
-            if added < len(rows):
-                # Some rows were ignored: already known, or their key is taken by another
-                # hash with the same first 60 bits. The latter get an ordinary rowid.
-                hashes = [r[1] for r in rows]
-                known: set[str] = set()
-                for start in range(0, len(hashes), 500):
-                    part = hashes[start : start + 500]
-                    marks = ",".join("?" * len(part))
-                    async with db.execute(
-                        f"SELECT hash_part FROM items WHERE hash_part IN ({marks})", part
-                    ) as cur:
-                        known.update(r[0] for r in await cur.fetchall())
-                colliding = [(None, *r[1:]) for r in rows if r[1] not in known]
-                if colliding:
-                    added += (await db.executemany(insert, colliding)).rowcount
-            return added
+    async def add_items_and_read(self, items: Iterable[NewItem]) -> dict[str, IndexedItem]:
+        """`add_items`, then each of the items as the index now holds it (new, or known
+        before and left alone), by hash part, read in the same transaction.
 
-        return await self._transaction(body)
+        For the miss path, which answers from the item it just added: reading it back on the
+        event loop after the commit cost more than the insert, since a connection's page
+        cache is discarded whenever another connection has committed; here the read runs in
+        the writer's thread, one query per 500 items.
+        """
+        rows = _new_rows(items)
+        if not rows:
+            return {}
+
+        async def body(db: aiosqlite.Connection) -> list[tuple]:
+            await _insert_new(db, rows)
+            return await _select_where_hash_in(db, _ITEM_COLUMNS, [r[1] for r in rows])
+
+        return {item.hash_part: item for item in map(_item, await self._transaction(body))}
 
     async def set_signature(self, hash_part: str, signed_part: bytes, signature: bytes) -> None:
         await self._write(
@@ -726,3 +700,63 @@ class CacheIndex:
             "SELECT nar_file FROM items WHERE nar_file IS NOT NULL"
         ) as cur:
             return {row[0] for row in await cur.fetchall()}
+
+
+def _new_rows(items: Iterable[NewItem]) -> list[tuple]:
+    """The `items` table rows of new items (state unbaked, added and accessed now)."""
+    now = int(time.time())
+    return [
+        (
+            row_key(i.hash_part),
+            i.hash_part,
+            i.store_path,
+            i.nar_hash,
+            i.nar_size,
+            " ".join(i.references),
+            i.deriver,
+            str(i.origin),
+            str(State.UNBAKED),
+            i.store_id,
+            i.signed_part,
+            i.signature,
+            now,
+            now,
+        )
+        for i in items
+    ]
+
+
+_INSERT_NEW = (
+    "INSERT OR IGNORE INTO items (key, hash_part, store_path, nar_hash, nar_size, refs,"
+    " deriver, origin, state, store_id, signed_part, signature, added_at,"
+    " last_access) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+async def _insert_new(db: aiosqlite.Connection, rows: list[tuple]) -> int:
+    """Insert `rows` not yet known, inside a transaction; returns how many were new."""
+    # rowcount, not total_changes: the latter counts the triggers' updates too.
+    added = (await db.executemany(_INSERT_NEW, rows)).rowcount
+    if added < len(rows):
+        # Some rows were ignored: already known, or their key is taken by another hash with
+        # the same first 60 bits. The latter get an ordinary rowid.
+        known = {r[0] for r in await _select_where_hash_in(db, "hash_part", [r[1] for r in rows])}
+        colliding = [(None, *r[1:]) for r in rows if r[1] not in known]
+        if colliding:
+            added += (await db.executemany(_INSERT_NEW, colliding)).rowcount
+    return added
+
+
+async def _select_where_hash_in(
+    db: aiosqlite.Connection, columns: str, hashes: list[str]
+) -> list[tuple]:
+    """The rows of the items with these hash parts, 500 hashes a query."""
+    found: list[tuple] = []
+    for start in range(0, len(hashes), 500):
+        part = hashes[start : start + 500]
+        marks = ",".join("?" * len(part))
+        async with db.execute(
+            f"SELECT {columns} FROM items WHERE hash_part IN ({marks})", part
+        ) as cur:
+            found.extend(tuple(row) for row in await cur.fetchall())
+    return found

@@ -20,6 +20,7 @@ running node never reads half a file. The node re-reads the file when it changes
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -180,15 +181,36 @@ def remove_entry(path: Path, name_or_key: str, kind: str | None = None) -> list[
 
 
 class TrustFileWatcher:
-    """The trust file as it is now: re-read when it changes, the last good one kept."""
+    """The trust file as it is now: re-read when it changes, the last good one kept.
+
+    Every miss asks for the policy, so in an event loop the file is looked at (one stat) once
+    per loop iteration, not once per call: a Guix batch is a thousand misses in a few
+    iterations. Outside a loop every call looks.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._stamp: tuple[int, int, int] | None = None
         self._current = TrustFile()
+        self._looked_this_iteration = False
         self.current()
 
     def current(self) -> TrustFile:
+        if self._looked_this_iteration:
+            return self._current
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            self._looked_this_iteration = True
+            loop.call_soon(self._next_iteration)
+        return self._look()
+
+    def _next_iteration(self) -> None:
+        self._looked_this_iteration = False
+
+    def _look(self) -> TrustFile:
         try:
             st = self.path.stat()
             stamp = (st.st_mtime_ns, st.st_size, st.st_ino)

@@ -29,32 +29,33 @@ async def index(tmp_path):
 
 
 async def test_a_lone_item_is_written_at_once_in_its_own_transaction(index):
-    adds = GroupedAdds(index.add_items)
-    await adds.add(new_item(1))
-    item = index.get(new_item(1).hash_part)
+    adds = GroupedAdds(index.add_items_and_read)
+    item = await adds.add(new_item(1))
     assert item is not None and item.nar_size == 1001
+    assert item == index.get(new_item(1).hash_part)
     assert adds.transactions == 1
 
 
 async def test_items_arriving_together_share_a_transaction(index):
-    adds = GroupedAdds(index.add_items)
+    adds = GroupedAdds(index.add_items_and_read)
     items = [new_item(n) for n in range(200)]
-    await asyncio.gather(*(adds.add(i) for i in items))
+    held = await asyncio.gather(*(adds.add(i) for i in items))
     assert adds.transactions == 1
-    for i in items:
+    for i, returned in zip(items, held, strict=True):
         found = index.get(i.hash_part)
         assert found is not None and found.store_path == i.store_path
+        assert returned == found
 
 
 async def test_groups_are_bounded(index):
-    adds = GroupedAdds(index.add_items, max_group=10)
+    adds = GroupedAdds(index.add_items_and_read, max_group=10)
     await asyncio.gather(*(adds.add(new_item(n)) for n in range(41)))
     assert adds.transactions == 5
     assert (await index.stats()).items == 41
 
 
 async def test_an_item_added_after_the_writer_stopped_starts_a_new_one(index):
-    adds = GroupedAdds(index.add_items)
+    adds = GroupedAdds(index.add_items_and_read)
     await asyncio.gather(*(adds.add(new_item(n)) for n in range(5)))
     await adds.add(new_item(99))
     assert adds.transactions == 2
@@ -62,7 +63,7 @@ async def test_an_item_added_after_the_writer_stopped_starts_a_new_one(index):
 
 
 async def test_items_arriving_during_a_write_share_the_next_transaction(index):
-    adds = GroupedAdds(index.add_items)
+    adds = GroupedAdds(index.add_items_and_read)
     first = asyncio.create_task(adds.add(new_item(0)))
     await asyncio.sleep(0)  # the writer has started on item 0, alone
     later = [asyncio.create_task(adds.add(new_item(n))) for n in range(1, 30)]
@@ -72,7 +73,7 @@ async def test_items_arriving_during_a_write_share_the_next_transaction(index):
 
 
 async def test_a_failed_transaction_fails_its_own_callers_only(index):
-    adds = GroupedAdds(index.add_items)
+    adds = GroupedAdds(index.add_items_and_read)
     first = asyncio.create_task(adds.add(new_item(0)))
     await asyncio.sleep(0)  # the writer is busy with item 0; the next three wait together
     broken = dataclasses.replace(new_item(2), nar_size=2**64)  # SQLite cannot store it
@@ -88,7 +89,7 @@ async def test_a_failed_transaction_fails_its_own_callers_only(index):
 
 
 async def test_a_cancelled_caller_does_not_stop_the_write(index):
-    adds = GroupedAdds(index.add_items)
+    adds = GroupedAdds(index.add_items_and_read)
     waiting = asyncio.create_task(adds.add(new_item(7)))
     await asyncio.sleep(0)
     waiting.cancel()

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import dataclasses
 import sqlite3
 import tempfile
 from pathlib import Path
@@ -136,6 +137,25 @@ async def test_concurrent_writers_on_one_connection_take_turns(index):
     )
     assert (await index.stats()).items == 200
     assert index.get_state("k49") == 49
+
+
+async def test_add_items_and_read_returns_each_item_as_held(index):
+    """New items as inserted; an item known before as it was, not as offered again."""
+    await index.add_items([new_item(HASH_A)])
+    before = index.get(HASH_A)
+    offered_again = dataclasses.replace(new_item(HASH_A), nar_size=999_999)
+    held = await index.add_items_and_read([offered_again, new_item(HASH_B)])
+    assert held == {HASH_A: before, HASH_B: index.get(HASH_B)}
+    assert held[HASH_A].nar_size != 999_999
+    assert await index.add_items_and_read([]) == {}
+
+
+async def test_add_items_and_read_with_hashes_sharing_the_row_key(index):
+    first = "abcdfghijklm" + "0" * 20
+    second = "abcdfghijklm" + "1" * 20
+    held = await index.add_items_and_read([new_item(first), new_item(second)])
+    assert set(held) == {first, second}
+    assert held[second] == index.get(second)
 
 
 async def test_hashes_sharing_the_row_key_are_both_kept(index):

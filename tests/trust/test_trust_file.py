@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 
@@ -150,3 +151,15 @@ def test_watcher_rereads_a_changed_file_and_keeps_the_last_good_one(tmp_path, ca
     remove_entry_path = path.read_text().replace("builder half-written\n", "")
     path.write_text(remove_entry_path + f"builder beta {KEY_B.hex()}\n")
     assert [b.name for b in watcher.current().builders] == ["alpha", "beta"]
+
+
+async def test_watcher_looks_once_per_loop_iteration(tmp_path):
+    """In an event loop a change is seen from the next iteration on, not within one."""
+    path = tmp_path / "keys"
+    watcher = TrustFileWatcher(path)
+    await asyncio.sleep(0)
+    assert watcher.current().builders == ()
+    add_entry(path, "builder", "alpha", KEY_A)
+    assert watcher.current().builders == ()  # the same iteration: not looked at again
+    await asyncio.sleep(0)
+    assert [b.name for b in watcher.current().builders] == ["alpha"]
