@@ -98,3 +98,46 @@ async def test_the_same_miss_asked_twice_at_once_is_looked_up_once(index):
     first, second = await asyncio.gather(r.resolve(HASH), r.resolve(HASH))
     assert first == second and first is not None
     assert source.asked == [HASH]
+
+
+class ClosingSource(Source):
+    """A Source that notes when its generator is closed, and how far it got."""
+
+    def __init__(self, offers=(), delay: float = 0.0) -> None:
+        super().__init__(offers, delay)
+        self.closed_after: int | None = None
+
+    async def __call__(self, hash_part: str):
+        offered = 0
+        try:
+            async for candidate in super().__call__(hash_part):
+                offered += 1
+                yield candidate
+        finally:
+            self.closed_after = offered
+
+
+@pytest.mark.parametrize("alone", [True, False], ids=["one source", "with a second source"])
+async def test_a_refused_candidate_lets_the_source_go_on_and_an_accepted_one_closes_it(
+    index, alone
+):
+    """Alone, the source is read in the lookup's own task; beside another, through the
+    hand-over queue. Either way it is suspended while its candidate is judged, goes on after
+    a refusal, and is closed where it stands after an acceptance."""
+    key = generate_key_pair()
+    source = ClosingSource([b"not a narinfo", signed_narinfo(key), signed_narinfo(key)])
+    sources = [source] if alone else [source, Source(delay=5.0)]
+    outcomes: list[str] = []
+    item = await resolver(index, sources, outcomes, key).resolve(HASH)
+    assert item is not None and item.store_path == STORE_PATH
+    assert outcomes == ["found"]
+    assert source.closed_after == 2  # the third candidate was never produced
+
+
+@pytest.mark.parametrize("alone", [True, False], ids=["one source", "with a second source"])
+async def test_a_lookup_that_times_out_closes_its_sources(index, alone):
+    source = ClosingSource(delay=5.0)
+    sources = [source] if alone else [source, Source(delay=5.0)]
+    with pytest.raises(LookupUndecided, match="timed out"):
+        await resolver(index, sources).resolve(HASH)
+    assert source.closed_after == 0
