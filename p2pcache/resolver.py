@@ -214,13 +214,16 @@ class MissResolver:
 
         async def drain(source: NarinfoSource) -> None:
             try:
-                async for candidate in source(hash_part):
-                    # A source hears how its candidate fared before it goes on: one that was
-                    # accepted closes the source where it stands (a DHT search not yet begun
-                    # never begins); a refused one lets it ask further.
-                    judged = loop.create_future()
-                    await queue.put((candidate, judged))
-                    await judged
+                # Closed where it stands when this task is cancelled, not later by the
+                # garbage collector: its pending asks end with the lookup.
+                async with contextlib.aclosing(source(hash_part)) as candidates:
+                    async for candidate in candidates:
+                        # A source hears how its candidate fared before it goes on: one that
+                        # was accepted closes the source where it stands (a DHT search not
+                        # yet begun never begins); a refused one lets it ask further.
+                        judged = loop.create_future()
+                        await queue.put((candidate, judged))
+                        await judged
             except P2PCacheError as e:
                 log.debug("a narinfo source failed for %s: %s", hash_part, e)
                 failed.append(str(e))
