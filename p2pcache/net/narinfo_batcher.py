@@ -45,10 +45,15 @@ class NarinfoBatcher:
 
     async def narinfo(self, base: str, hash_part: str) -> bytes | None:
         """The narinfo `base` offers for `hash_part` (None when it does not hold it)."""
+        return await self.request(base, hash_part)
+
+    def request(self, base: str, hash_part: str) -> asyncio.Future[bytes | None]:
+        """`narinfo` as a future, for a caller that waits on several things at once without
+        a task per request. A list whose callers have all cancelled theirs is not sent."""
         future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(base, {}).setdefault(hash_part, []).append(future)
         self._schedule(base)
-        return await future
+        return future
 
     def _schedule(self, base: str) -> None:
         if base in self._scheduled or self._in_flight.get(base, 0) >= self.max_in_flight:
