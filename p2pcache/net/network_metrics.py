@@ -206,7 +206,7 @@ class NetworkCollector(Collector):
         )
         yield GaugeMetricFamily(
             "p2pcache_narinfo_check_processes",
-            "Narinfo checking processes running and ready (started at the first batch of misses).",
+            "Narinfo checking processes running and ready (started at the first miss).",
             c.narinfo_checks.processes_ready,
         )
         yield CounterMetricFamily(

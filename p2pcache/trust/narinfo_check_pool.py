@@ -1,7 +1,8 @@
 """Checking relayed narinfos in a worker process, a loop iteration's worth at a time.
 
 Accepting a narinfo found for a miss is pure CPU: parsing, Guix's ECDSA signature check
-(most of its 0.35 ms, in libsodium), the layout and item checks. A Guix batch of 1000 misses
+(most of its 0.35 ms when it went through libsodium; about 0.14 ms in all since the C
+extension, 2026-11-26), the layout and item checks. A Guix batch of 1000 misses
 had the node's event loop make 1000 of them in a row, about a third of its CPU per miss, on one
 core while the other had little to do (loadtest/RESULTS.md). Made in a worker process, they
 run beside the event loop.
@@ -70,7 +71,8 @@ def check_batch(requests: list[Request], acl: list[GuixPublicKey], store_dir: st
 
 
 def _warm() -> None:
-    """The first job of a worker: done once it has imported everything a check needs."""
+    """Each worker's initializer and first job: importing this module in a worker imports
+    everything a check needs, so a worker that has run it is ready."""
 
 
 @dataclass
@@ -82,7 +84,7 @@ class CheckCounts:
     batches: int = 0
     worker_failures: int = 0
     processes_ready: int = 0
-    """Worker processes started and done importing (0 before the first batch)."""
+    """Worker processes started and done importing (0 before the first miss)."""
 
 
 class NarinfoCheckPool:
@@ -103,7 +105,7 @@ class NarinfoCheckPool:
         self.processes = processes
         self.counts = counts if counts is not None else CheckCounts()
         self._executor: ProcessPoolExecutor | None = None
-        self._warming: Future | None = None
+        self._warming: list[Future] = []
         self._enabled = False
         self._pending: list[tuple[Request, asyncio.Future]] = []
         self._flush_scheduled = False
@@ -111,9 +113,10 @@ class NarinfoCheckPool:
         self._failures_in_a_row = 0
 
     def start(self) -> None:
-        """Enable the worker. It is started at the first batch (a node that never sees one,
-        like most nodes in tests, never pays for a process) and checks nothing before it has
-        finished importing: meanwhile, checks are made inline."""
+        """Enable the workers. They are started at the node's first check (a node that never
+        misses, like most nodes in tests, never pays for a process; one that missed once is
+        likely to get a Guix batch soon, which should not wait for them) and check nothing
+        before they have finished importing: meanwhile, checks are made inline."""
         self._enabled = self.processes > 0
 
     async def warm_up(self) -> None:
@@ -121,37 +124,42 @@ class NarinfoCheckPool:
         that cannot start is dealt with at the next batch, as always."""
         if self._enabled:
             self._worker_ready()
-            assert self._warming is not None
             with contextlib.suppress(Exception):
-                await asyncio.wrap_future(self._warming)
+                await asyncio.gather(*(asyncio.wrap_future(w) for w in self._warming))
 
     def _worker_ready(self) -> bool:
         if self._executor is None:
             self._executor = self._new_executor()
         warming = self._warming
-        if warming is None or not warming.done():
+        if not all(w.done() for w in warming):
             return False
-        error = None if warming.cancelled() else warming.exception()
-        if error is not None:  # the process could not start
-            self._worker_failed(self._executor, error)
-            return False
+        for w in warming:
+            error = None if w.cancelled() else w.exception()
+            if error is not None:  # a process could not start
+                self._worker_failed(self._executor, error)
+                return False
         return True
 
     def _new_executor(self) -> ProcessPoolExecutor:
         # spawn, not fork: the node has threads (aiosqlite, zstd, the store db) whose locks
         # a forked child would inherit in whatever state they were.
+        # One job per process: the pool starts a process per job while none is idle, so all
+        # of them start (and import, in the initializer) now rather than during the batch.
         executor = ProcessPoolExecutor(
-            self.processes, mp_context=multiprocessing.get_context("spawn")
+            self.processes, mp_context=multiprocessing.get_context("spawn"), initializer=_warm
         )
-        self._warming = executor.submit(_warm)
-        self._warming.add_done_callback(self._warmed)
+        warming = [executor.submit(_warm) for _ in range(self.processes)]
+        self._warming = warming
+        for w in warming:
+            w.add_done_callback(lambda _, warming=warming: self._warmed(warming))
         return executor
 
-    def _warmed(self, warming: Future) -> None:
-        # In the executor's thread: only a plain attribute is set, and only for the worker in
-        # use (a replaced one may finish starting after its successor's failure was counted).
-        current = warming is self._warming and self._enabled
-        if current and not warming.cancelled() and warming.exception() is None:
+    def _warmed(self, warming: list[Future]) -> None:
+        # In the executor's thread: only a plain attribute is set, and only for the workers
+        # in use (replaced ones may finish starting after their successors' failure counted).
+        if warming is not self._warming or not self._enabled:
+            return
+        if all(w.done() and not w.cancelled() and w.exception() is None for w in warming):
             self.counts.processes_ready = self.processes
 
     def close(self) -> None:
@@ -187,8 +195,12 @@ class NarinfoCheckPool:
         pending = [(request, future) for request, future in pending if not future.done()]
         if not pending:
             return
+        if not self._enabled:
+            self._check_inline(pending)
+            return
+        ready = self._worker_ready()  # started at the first check, lone or not
         lone = len(pending) == 1 and self._in_flight == 0
-        if not self._enabled or lone or not self._worker_ready():
+        if lone or not ready:
             self._check_inline(pending)
             return
         for start in range(0, len(pending), BATCH_LIMIT):

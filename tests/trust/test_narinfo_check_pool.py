@@ -116,18 +116,22 @@ async def test_a_lone_check_is_made_on_the_loop_without_a_process(pool):
     assert (checks.counts.inline, checks.counts.offloaded) == (1, 0)
 
 
-async def test_the_worker_starts_at_the_first_batch_which_is_checked_inline_meanwhile():
+async def test_the_workers_start_at_the_first_check_and_batches_are_checked_inline_meanwhile():
     key = generate_key_pair()
-    checks = NarinfoCheckPool([key.public], STORE, 1)
+    checks = NarinfoCheckPool([key.public], STORE, 2)
     checks.start()
     try:
-        assert checks._executor is None  # no process for a node that never sees a batch
+        assert checks._executor is None  # no process for a node that never misses
+        data, h = narinfo(key, 7)
+        await checks.accept(data, h)  # a lone miss: checked inline, but the workers start
+        assert checks._executor is not None and checks.counts.inline == 1
         batch = mixed_batch(key, 10)
         verdicts = await asyncio.gather(*(pool_verdict(checks.accept, d, h) for d, h in batch))
         assert verdicts == expected_verdicts(batch, key)
-        assert (checks.counts.inline, checks.counts.offloaded) == (10, 0)
-        assert checks._executor is not None
+        assert (checks.counts.inline, checks.counts.offloaded) == (11, 0)
         await checks.warm_up()
+        assert len(checks._executor._processes) == 2  # both started, not one per batch
+        assert checks.counts.processes_ready == 2
         again = await asyncio.gather(*(pool_verdict(checks.accept, d, h) for d, h in batch))
         assert again == verdicts
         assert checks.counts.offloaded == 10
