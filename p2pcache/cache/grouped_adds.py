@@ -38,13 +38,14 @@ class GroupedAdds:
         `CacheIndex.add_items_and_read`).
 
         The write goes on if the caller is cancelled meanwhile (the item was accepted; other
-        callers share the transaction).
+        callers share the transaction): only the caller's own future is cancelled, which the
+        writer skips.
         """
         future: asyncio.Future[IndexedItem | None] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, future))
         if self._writer is None:
             self._writer = asyncio.create_task(self._write_all())
-        return await asyncio.shield(future)
+        return await future
 
     async def _write_all(self) -> None:
         try:

@@ -490,6 +490,7 @@ class _Connection(asyncio.Protocol):
         self._write_paused = False
         self._reading_paused = False  # by the pipeline bound, or MISSES_PER_TURN
         self._misses_this_turn = 0
+        self._flush_due = False  # a flush is scheduled for answers finished this turn
         self._input_closed = False  # no more requests will be read
         self._close_when_drained = False
         self._closed = False
@@ -833,8 +834,16 @@ class _Connection(asyncio.Protocol):
                     self._discard(result)
                 return
             self._settle(entry, result)
-        if self._queue and self._queue[0] is entry and self._sending is None:
-            self._flush()
+        # Not at once: the misses of a Guix batch finish a few hundred in one turn (one group
+        # commit), and their answers go out in one write at its end, not one each.
+        head = self._queue and self._queue[0] is entry
+        if head and self._sending is None and not self._flush_due:
+            self._flush_due = True
+            self._loop.call_soon(self._due_flush)
+
+    def _due_flush(self) -> None:
+        self._flush_due = False
+        self._flush_if_open()
 
     def _handler_failed(self, request: Request | None) -> RawResponse:
         logger.exception(

@@ -16,6 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from p2pcache.server import http_server
 from p2pcache.server.http_response import (
     FileResponse,
     RawResponse,
@@ -93,6 +94,39 @@ async def test_1000_pipelined_gets_are_answered_in_request_order() -> None:
 
     await pipelined_batch_answered_in_order(handle, 1000)
     assert completed != sorted(completed)  # the answers really were ready out of order
+
+
+@both_loops
+async def test_answers_finished_in_one_turn_go_out_in_one_write(monkeypatch) -> None:
+    """A group commit finishes a few hundred misses of a batch at once: their answers are
+    written together at the end of the turn, not one write each."""
+    writes: list[int] = []
+    real_write = http_server._Connection._write
+
+    def counting_write(self, out):
+        if out:
+            writes.append(len(out))
+        real_write(self, out)
+
+    monkeypatch.setattr(http_server._Connection, "_write", counting_write)
+    done = asyncio.Event()
+
+    async def miss(req: Request) -> Response:
+        await done.wait()
+        return Response(200, req.path.encode(), label="miss")
+
+    async with serving(miss) as server:
+        client = await RawClient.connect(server)
+        await client.send(b"".join(request(f"/{i}.narinfo") for i in range(100)))
+        await eventually(lambda: len(server._connections) == 1)
+        await asyncio.sleep(0.05)  # every miss started and waiting
+        done.set()
+        for i in range(100):
+            answer = await client.read_answer()
+            assert (answer.status, answer.body) == (200, f"/{i}.narinfo".encode())
+        await client.close()
+    assert sum(writes) == 200  # head and body of each
+    assert len(writes) <= 2
 
 
 @both_loops
