@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import NamedTuple, Protocol
 
 from p2pcache.cache.index import Origin
@@ -138,13 +138,11 @@ def peer_narinfo_source(
     """
     tally: Counter[str] = counts if counts is not None else Counter()
 
-    async def source(hash_part: str) -> AsyncIterator[Candidate]:
-        asks = _ProviderAsks(hash_part, directory, client, ranking, fanout, recent, tally)
-        try:
-            async for candidate in asks.candidates(recent_fanout):
-                yield candidate
-        finally:
-            asks.close()
+    def source(hash_part: str) -> AsyncGenerator[Candidate, None]:
+        asks = _ProviderAsks(
+            hash_part, directory, client, ranking, fanout, recent, recent_fanout, tally
+        )
+        return asks.candidates()
 
     return source
 
@@ -166,6 +164,7 @@ class _ProviderAsks:
         ranking: PeerRanking,
         fanout: int,
         recent: RecentProviders | None,
+        recent_fanout: int,
         tally: Counter[str],
     ) -> None:
         self.hash_part = hash_part
@@ -174,6 +173,7 @@ class _ProviderAsks:
         self.ranking = ranking
         self.fanout = fanout
         self.recent = recent
+        self.recent_fanout = recent_fanout
         self.tally = tally
         self.clock = recent.clock if recent is not None else time.monotonic
         self.asked: set[str] = set()
@@ -206,81 +206,103 @@ class _ProviderAsks:
         self.pending[ask] = (provider, self.clock(), first)
         self._watch(ask)
 
-    def _start_recent(self, limit: int) -> None:
+    def _start_recent(self) -> None:
         assert self.recent is not None
-        for provider in self.recent.to_ask(limit, self.ranking.order):
+        for provider in self.recent.to_ask(self.recent_fanout, self.ranking.order):
             if provider not in self.asked:
                 self.start(provider, True)
 
-    async def candidates(self, recent_fanout: int) -> AsyncIterator[Candidate]:
-        recent, clock = self.recent, self.clock
-        if recent is not None and not self.directory.searched(self.hash_part):
-            self._start_recent(recent_fanout)
-        loop = asyncio.get_running_loop()
-        while True:
-            first_asks = [(p, t) for p, t, first in self.pending.values() if first]
-            hedge_at = 0.0
-            if first_asks:
-                assert recent is not None
-                hedge_at = min(recent.hedge_at(p, t) for p, t in first_asks)
-            if self.search is None and (not first_asks or clock() >= hedge_at):
-                self.tally["hedged" if first_asks else "dht"] += 1
-                self.search = asyncio.create_task(self.directory.lookup(self.hash_part))
-                self._watch(self.search)
-            while self.queue and self._later_asks() < self.fanout:
-                self.start(self.queue.pop(0), False)
-            searching = self.search is not None and not self.searched
-            if searching and recent is not None:
-                # While the search runs (or waits for its turn), a peer that starts providing
-                # is asked too.
-                newcomer = recent.next_added()
-                if newcomer is not self.newcomer:
-                    self._forget_newcomer()
-                    self.newcomer = newcomer
-                    self._watch(newcomer)
-            if not self.pending and not searching:
-                break
-            if not self.completed:
-                timer = None
-                if self.search is None:
-                    timer = loop.call_later(max(0.0, hedge_at - clock()), self._wake_up)
-                self.wake = loop.create_future()
-                try:
-                    await self.wake
-                finally:
-                    self.wake = None
-                    if timer is not None:
-                        timer.cancel()
-            done, self.completed = self.completed, []
-            for future in done:
-                if future is self.newcomer:
-                    self.newcomer = None
-                    self._start_recent(recent_fanout)
-                elif future is self.search:
-                    self.searched = True
-                    self._forget_newcomer()  # newcomers matter only while searching
-                    self.found = self.ranking.order(future.result())  # ProvidersUnknown goes up
-                    self.queue.extend(p for p in self.found if p not in self.asked)
-                elif future in self.pending:
-                    candidate = self._answered(future)
-                    if candidate is None:
+    async def candidates(self) -> AsyncGenerator[Candidate, None]:
+        """The narinfos providers offer, one at a time; closing it ends every ask."""
+        try:
+            recent = self.recent
+            if recent is not None and not self.directory.searched(self.hash_part):
+                self._start_recent()
+            while (hedge_at := self._ask_more()) is not None:
+                if not self.completed:
+                    await self._wait(hedge_at)
+                done, self.completed = self.completed, []
+                for future in done:
+                    offered = self._settle(future)
+                    if offered is None:
                         continue
-                    first = candidate[1]
+                    candidate, first = offered
                     # The resolver resumes this generator only when it refused the narinfo;
                     # when it accepts one, it closes the generator at the yield.
                     self.offered_before_search = first and self.search is None
-                    yield candidate[0]
+                    yield candidate
                     self.offered_before_search = False
                     if first and recent is not None:
                         # Refused (untrusted key, bad signature, wrong item): a peer whose
                         # narinfos the node does not take is not worth asking first.
                         self.tally["refused"] += 1
-                        recent.failed(candidate[0].source)
-        if self.found and self.unavailable.issuperset(self.found):
-            # Every provider was down or too slow: that says nothing about the item.
-            raise ProvidersUnknown(
-                f"none of the {len(self.found)} provider(s) of {self.hash_part} could answer"
-            )
+                        recent.failed(candidate.source)
+            if self.found and self.unavailable.issuperset(self.found):
+                # Every provider was down or too slow: that says nothing about the item.
+                raise ProvidersUnknown(
+                    f"none of the {len(self.found)} provider(s) of {self.hash_part} could answer"
+                )
+        finally:
+            self.close()
+
+    def _ask_more(self) -> float | None:
+        """Start what is due: the search (when no recent peer is being asked, or they have
+        taken too long), providers it found, the watch for newcomers. Returns when the recent
+        peers' asks will have taken too long (0 when none is out), or None when nothing is
+        left to wait for."""
+        recent, clock = self.recent, self.clock
+        first_asks = [(p, t) for p, t, first in self.pending.values() if first]
+        hedge_at = 0.0
+        if first_asks:
+            assert recent is not None
+            hedge_at = min(recent.hedge_at(p, t) for p, t in first_asks)
+        if self.search is None and (not first_asks or clock() >= hedge_at):
+            self.tally["hedged" if first_asks else "dht"] += 1
+            self.search = asyncio.create_task(self.directory.lookup(self.hash_part))
+            self._watch(self.search)
+        while self.queue and self._later_asks() < self.fanout:
+            self.start(self.queue.pop(0), False)
+        searching = self.search is not None and not self.searched
+        if searching and recent is not None:
+            # While the search runs (or waits for its turn), a peer that starts providing is
+            # asked too.
+            newcomer = recent.next_added()
+            if newcomer is not self.newcomer:
+                self._forget_newcomer()
+                self.newcomer = newcomer
+                self._watch(newcomer)
+        if not self.pending and not searching:
+            return None
+        return hedge_at
+
+    async def _wait(self, hedge_at: float) -> None:
+        """Until something watched is done or, before any search, the hedge is due."""
+        loop = asyncio.get_running_loop()
+        timer = None
+        if self.search is None:
+            timer = loop.call_later(max(0.0, hedge_at - self.clock()), self._wake_up)
+        self.wake = loop.create_future()
+        try:
+            await self.wake
+        finally:
+            self.wake = None
+            if timer is not None:
+                timer.cancel()
+
+    def _settle(self, future: asyncio.Future) -> tuple[Candidate, bool] | None:
+        """Take in one finished thing; a candidate (and whether a recent peer offered it)
+        when it was an ask answered with a narinfo."""
+        if future is self.newcomer:
+            self.newcomer = None
+            self._start_recent()
+        elif future is self.search:
+            self.searched = True
+            self._forget_newcomer()  # newcomers matter only while searching
+            self.found = self.ranking.order(future.result())  # ProvidersUnknown goes up
+            self.queue.extend(p for p in self.found if p not in self.asked)
+        elif future in self.pending:
+            return self._answered(future)
+        return None
 
     def _later_asks(self) -> int:
         return sum(not first for _, _, first in self.pending.values())
