@@ -263,8 +263,7 @@ class MissResolver:
         of the loop's work in a Guix batch. The source is suspended at its yield while its
         candidate is judged, as the hand-over makes it in the general case."""
         bundles: list[list[bytes]] = []
-        candidates = source(hash_part)
-        try:
+        async with contextlib.aclosing(source(hash_part)) as candidates:
             while True:
                 try:
                     candidate = await anext(candidates)
@@ -276,8 +275,6 @@ class MissResolver:
                 accepted = await self._judge_or_refuse(candidate, hash_part, bundles)
                 if accepted is not None:
                     return candidate, accepted
-        finally:
-            await candidates.aclose()
 
     async def _judge_or_refuse(
         self, candidate: Candidate, hash_part: str, bundles: list[list[bytes]]

@@ -547,7 +547,7 @@ class _Connection(asyncio.Protocol):
             self._drain_waiter.set_result(None)
         if self._queue and self._sending is None:
             # Not from here: a transport may resume us from inside write().
-            self._loop.call_soon(self._flush_if_open)
+            self._flush_soon()
 
     def eof_received(self) -> bool:
         self._input_closed = True
@@ -836,14 +836,8 @@ class _Connection(asyncio.Protocol):
             self._settle(entry, result)
         # Not at once: the misses of a Guix batch finish a few hundred in one turn (one group
         # commit), and their answers go out in one write at its end, not one each.
-        head = self._queue and self._queue[0] is entry
-        if head and self._sending is None and not self._flush_due:
-            self._flush_due = True
-            self._loop.call_soon(self._due_flush)
-
-    def _due_flush(self) -> None:
-        self._flush_due = False
-        self._flush_if_open()
+        if self._queue and self._queue[0] is entry and self._sending is None:
+            self._flush_soon()
 
     def _handler_failed(self, request: Request | None) -> RawResponse:
         logger.exception(
@@ -855,7 +849,14 @@ class _Connection(asyncio.Protocol):
 
     # Writing, in request order
 
-    def _flush_if_open(self) -> None:
+    def _flush_soon(self) -> None:
+        """Flush at the start of the next turn, once however often it is asked for."""
+        if not self._flush_due:
+            self._flush_due = True
+            self._loop.call_soon(self._due_flush)
+
+    def _due_flush(self) -> None:
+        self._flush_due = False
         if not self._closed and self._sending is None:
             self._flush()
 
@@ -951,7 +952,7 @@ class _Connection(asyncio.Protocol):
             self._refill()
         # Not from here: a small file can be sent within _flush itself, and a pipeline of
         # them must not recurse once per file.
-        self._loop.call_soon(self._flush_if_open)
+        self._flush_soon()
 
     def _body_failed(self, entry: _Exchange, reason: str) -> None:
         """Called by a body sender that cannot send what the head announced."""
