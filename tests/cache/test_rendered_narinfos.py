@@ -197,6 +197,9 @@ async def test_a_file_of_mostly_replaced_answers_is_written_anew(index, rendered
     assert rendered.builds >= 2
     assert rendered.file_bytes <= 2 * (32 + len(expected(index, HASHES[0])))
     await asyncio.sleep(0)
+    # The last build's snapshot may predate the last change (its thread races the loop): then
+    # the log drops the item at this lookup and it is answered from the index, then kept.
+    assert answer(rendered, index, HASHES[0]) == expected(index, HASHES[0])
     assert rendered.get(HASHES[0]) == expected(index, HASHES[0])
 
 
