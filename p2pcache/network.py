@@ -29,6 +29,7 @@ from p2pcache.cache.nar_store import NarStore
 from p2pcache.config import Config
 from p2pcache.errors import P2PCacheError
 from p2pcache.fetcher import FetchedNarMismatch, FetchSettings, ItemFetcher
+from p2pcache.guix.narinfo import parse_nar_hash
 from p2pcache.guix.signing_key import GuixPublicKey, parse_acl
 from p2pcache.metrics import NodeMetrics
 from p2pcache.net.announcer import Announcer, AnnouncerConfig
@@ -64,6 +65,10 @@ MAX_CONCURRENT_SEARCHES = 256
 
 # Cached items read from the index per page when queueing them all for announcing.
 ANNOUNCE_PAGE = 10_000
+
+MAX_KEPT_UPSTREAM_NARINFOS = 10_000
+"""Upstream narinfos kept for the NAR downloads that follow their misses (a few MB); older
+ones are asked for again if their NAR is wanted."""
 
 # Peers listed by the status API (the best ones; the rest are counted).
 STATUS_PEERS = 20
@@ -461,13 +466,20 @@ class PeerNetwork:
                     # An item offered only in compressions we cannot decode (lzip) is not
                     # promised to Guix at all (preferred_groups says so in the log).
                     if narinfo is not None and preferred_groups(narinfo.narinfo):
-                        if len(self._upstream_narinfos) > 10_000:
-                            self._upstream_narinfos.clear()
-                        self._upstream_narinfos[hash_part] = narinfo
+                        self._keep_upstream_narinfo(hash_part, narinfo)
                         yield Candidate(Origin.UPSTREAM, url, narinfo.raw)
         finally:
             for task in pending:
                 task.cancel()
+
+    def _keep_upstream_narinfo(self, hash_part: str, narinfo: UpstreamNarinfo) -> None:
+        """Kept for the NAR download that may follow; the oldest go first (a NAR whose
+        narinfo is gone is asked for again, `_upstream_narinfo_of`)."""
+        kept = self._upstream_narinfos
+        kept.pop(hash_part, None)
+        kept[hash_part] = narinfo
+        if len(kept) > MAX_KEPT_UPSTREAM_NARINFOS:
+            del kept[next(iter(kept))]
 
     async def resolve(self, hash_part: str) -> IndexedItem | None:
         assert self.resolver is not None
@@ -509,13 +521,10 @@ class PeerNetwork:
         self.activity.transfer(item.basename, source, "ok", item.nar_size, seconds)
 
     async def _from_upstream(self, item: IndexedItem) -> AsyncIterator[bytes]:
-        assert self.upstream is not None and self.resolver is not None
-        resolution = self.resolver.accepted_from.get(item.hash_part)
-        narinfo = self._upstream_narinfos.get(item.hash_part)
-        if resolution is None or narinfo is None:
-            raise P2PCacheError(f"{item.store_path}: its upstream is no longer known; ask again")
+        assert self.upstream is not None
+        narinfo = await self._upstream_narinfo_of(item)
         async with self.upstream.tee_into_cache(
-            resolution.source,
+            narinfo.cache_url,
             narinfo,
             self.nar_store,
             level=self.config.zstd_level,
@@ -541,6 +550,7 @@ class PeerNetwork:
             self.counters.upstream_fetches["refused"] += 1
             raise
         self.counters.upstream_fetches["ok"] += 1
+        self._upstream_narinfos.pop(item.hash_part, None)
         await self.index.mark_baked(
             item.hash_part, result.nar_file, table.file_size, table.encode(), table.root
         )
@@ -549,6 +559,55 @@ class PeerNetwork:
             self._cached(cached)
         if held is not None:
             yield held
+
+    async def _upstream_narinfo_of(self, item: IndexedItem) -> UpstreamNarinfo:
+        """Where the NAR of an item accepted from upstream is downloaded from: the narinfo
+        kept from its miss, else asked for again. Guix keeps a narinfo for hours and asks for
+        the NAR when it needs it, maybe of a node restarted since, or one that has promised
+        thousands of other items since. A narinfo asked for again is only used if it
+        describes the NAR that was promised (the download is checked against that NarHash)."""
+        kept = self._upstream_narinfos.get(item.hash_part)
+        if kept is not None:
+            return kept
+        assert self.upstream is not None
+        nar_sha256 = parse_nar_hash(item.nar_hash)
+        resolution = self.resolver.accepted_from.get(item.hash_part) if self.resolver else None
+        urls = list(self.config.upstreams)
+        if resolution is not None and resolution.source in urls:
+            urls.remove(resolution.source)
+            urls.insert(0, resolution.source)
+        problems = []
+        answered = 0  # upstreams that told for sure (gone, or changed)
+        for url in urls:
+            try:
+                narinfo = await self.upstream.fetch_narinfo(url, item.hash_part)
+            except P2PCacheError as e:
+                problems.append(str(e))
+                continue
+            answered += 1
+            if narinfo is None:
+                problems.append(f"{url} no longer has it")
+            elif (narinfo.store_path.path, narinfo.nar_sha256, narinfo.nar_size) != (
+                item.store_path,
+                nar_sha256,
+                item.nar_size,
+            ):
+                problems.append(f"{url} now describes another NAR under that name")
+            elif not preferred_groups(narinfo.narinfo):
+                problems.append(f"{url} offers it in no compression this node decodes")
+            else:
+                log.info("asked %s again for the narinfo of %s", url, item.store_path)
+                return narinfo
+        self.counters.upstream_fetches["failed"] += 1
+        problem = "; ".join(problems) or "no upstream is configured"
+        if answered == len(urls):
+            # Not a passing failure: the promise is withdrawn, and the next narinfo request
+            # is a miss again, which finds whatever the upstreams offer now.
+            log.warning(
+                "withdrew %s: no upstream offers it any more (%s)", item.store_path, problem
+            )
+            await self._withdraw_promise(item.hash_part)
+        raise P2PCacheError(f"{item.store_path}: no upstream offers the NAR promised ({problem})")
 
     def _cached(self, item: IndexedItem) -> None:
         """A fetched item is in the cache: the node drops its stale narinfo and announces it."""

@@ -1,0 +1,173 @@
+"""A node with upstream substitute servers configured, end to end: back to the source.
+
+A real node (no store, no peers) has a real upstream server on loopback
+(tests/net/upstream_server.py) whose signing key is in the node's Guix ACL. A Guix-style
+client asks the node, which has never seen the items, for their narinfos and NARs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import pytest
+
+from p2pcache import network
+from p2pcache.guix.narinfo import parse_narinfo
+from p2pcache.guix.signing_key import render_acl
+from tests import guix_client
+from tests.integration.conftest import node_config, running_node
+from tests.net.upstream_server import (  # noqa: F401 (fixtures)
+    FakeUpstream,
+    Item,
+    item_fixture,
+    small_item_fixture,
+    trusted_key_fixture,
+    upstream_fixture,
+)
+
+HOST = "127.0.0.1"
+
+
+@contextlib.asynccontextmanager
+async def node_with_upstream(tmp_path, upstream: FakeUpstream, key, **changes) -> AsyncIterator:
+    acl = tmp_path / "acl"
+    acl.write_bytes(render_acl([key.public]))
+    config = node_config(
+        tmp_path / "node",
+        None,
+        guix_acl=acl,
+        upstreams=(upstream.url,),
+        miss_timeout=30.0,  # a loaded 2-core machine must not turn a slow miss into a 404
+        **changes,
+    )
+    async with running_node(config) as node:
+        yield node
+
+
+async def until_baked(node, hash_part: str) -> None:
+    for _ in range(400):
+        item = node.index.get(hash_part)
+        if item is not None and item.is_baked:
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"{hash_part} was never kept in the cache")
+
+
+async def test_an_upstream_item_is_relayed_then_fetched_then_cached(
+    tmp_path, upstream, item, small_item, trusted_key
+):
+    narinfos = [i.publish(upstream, trusted_key) for i in (item, small_item)]
+    async with node_with_upstream(tmp_path, upstream, trusted_key) as node:
+        wanted = [item.hash_part, "0" * 32, small_item.hash_part]
+        replies = await guix_client.narinfos(HOST, node.guix_port, wanted)
+        assert [r.status for r in replies] == [200, 404, 200]
+        for reply, served, it in zip(
+            (replies[0], replies[2]), narinfos, (item, small_item), strict=True
+        ):
+            # The upstream's signed part and signature, byte for byte; the node's own URL.
+            assert reply.body.startswith(served[: served.index(b"URL:")])
+            narinfo = parse_narinfo(reply.body)
+            [group] = narinfo.urls
+            assert group.compression == "none" and group.file_size == len(it.nar)
+            nar = await guix_client.get(HOST, node.guix_port, "/" + group.url)
+            assert nar.status == 200 and nar.complete
+            assert nar.body == it.nar
+            await until_baked(node, it.hash_part)
+        # Cached now: offered as zstd, and the upstream is not asked again.
+        asked = len(upstream.requests)
+        [again] = await guix_client.narinfos(HOST, node.guix_port, [item.hash_part])
+        groups = parse_narinfo(again.body).urls
+        assert groups[0].compression == "zstd"  # preferred, listed first
+        group = groups[0]
+        nar = await guix_client.get(HOST, node.guix_port, "/" + group.url)
+        assert nar.status == 200 and nar.complete
+        assert len(upstream.requests) == asked
+
+
+async def test_a_nar_promised_before_a_restart_is_still_fetched(
+    tmp_path, upstream, small_item, trusted_key
+):
+    """Guix keeps a narinfo for hours and may ask for the NAR later, of a node restarted since
+    (or of one that promised many other items since): the NAR still comes from the upstream."""
+    small_item.publish(upstream, trusted_key)
+    async with node_with_upstream(tmp_path, upstream, trusted_key) as node:
+        [reply] = await guix_client.narinfos(HOST, node.guix_port, [small_item.hash_part])
+        assert reply.status == 200
+    async with node_with_upstream(tmp_path, upstream, trusted_key) as node:
+        [group] = parse_narinfo(reply.body).urls
+        nar = await guix_client.get(HOST, node.guix_port, "/" + group.url)
+        assert nar.status == 200 and nar.complete
+        assert nar.body == small_item.nar
+        await until_baked(node, small_item.hash_part)
+
+
+async def test_only_the_oldest_kept_narinfos_are_asked_for_again(
+    tmp_path, upstream, item, small_item, trusted_key, monkeypatch
+):
+    monkeypatch.setattr(network, "MAX_KEPT_UPSTREAM_NARINFOS", 1)
+    for it in (item, small_item):
+        it.publish(upstream, trusted_key)
+    async with node_with_upstream(tmp_path, upstream, trusted_key) as node:
+        wanted = [item.hash_part, small_item.hash_part]
+        replies = await guix_client.narinfos(HOST, node.guix_port, wanted)
+        for reply, it in zip(replies, (item, small_item), strict=True):
+            [group] = parse_narinfo(reply.body).urls
+            nar = await guix_client.get(HOST, node.guix_port, "/" + group.url)
+            assert nar.status == 200 and nar.body == it.nar
+        asked = Counter(p for p in upstream.requests if p.endswith(".narinfo"))
+        # One pushed the other out (whichever was kept first): that one was asked again.
+        assert set(asked) == {f"/{h}.narinfo" for h in wanted}
+        assert sorted(asked.values()) == [1, 2]
+
+
+async def test_a_nar_whose_upstream_changed_its_narinfo_is_refused(
+    tmp_path, upstream, small_item, trusted_key
+):
+    """After a restart the node asks the upstream again; a narinfo that no longer matches
+    the promised item (another NarHash) gets no byte through, and nothing is cached."""
+    small_item.publish(upstream, trusted_key)
+    async with node_with_upstream(tmp_path, upstream, trusted_key) as node:
+        [reply] = await guix_client.narinfos(HOST, node.guix_port, [small_item.hash_part])
+        assert reply.status == 200
+    other = Item(small_item.name, small_item.nar + b"\0" * 8)  # same store path, other NAR
+    other.publish(upstream, trusted_key)
+    async with node_with_upstream(tmp_path, upstream, trusted_key) as node:
+        [group] = parse_narinfo(reply.body).urls
+        nar = await guix_client.get(HOST, node.guix_port, "/" + group.url)
+        assert nar.status != 200 or not nar.complete
+        # The promise is withdrawn: asked again, the node offers what the upstream has now.
+        assert node.index.get(small_item.hash_part) is None
+        [now] = await guix_client.narinfos(HOST, node.guix_port, [small_item.hash_part])
+        assert now.status == 200
+        assert parse_narinfo(now.body).nar_size == len(other.nar)
+        [group] = parse_narinfo(now.body).urls
+        nar = await guix_client.get(HOST, node.guix_port, "/" + group.url)
+        assert nar.status == 200 and nar.body == other.nar
+
+
+@pytest.mark.parametrize("down", ["narinfo", "nar"])
+async def test_an_upstream_gone_at_nar_time_is_a_clear_failure(
+    tmp_path, upstream, small_item, trusted_key, down
+):
+    small_item.publish(upstream, trusted_key)
+    async with node_with_upstream(tmp_path, upstream, trusted_key) as node:
+        [reply] = await guix_client.narinfos(HOST, node.guix_port, [small_item.hash_part])
+        assert reply.status == 200
+    if down == "narinfo":
+        del upstream.routes[f"/{small_item.hash_part}.narinfo"]
+    else:
+        del upstream.routes["/" + small_item.nar_url("zstd")]
+    async with node_with_upstream(tmp_path, upstream, trusted_key) as node:
+        [group] = parse_narinfo(reply.body).urls
+        nar = await guix_client.get(HOST, node.guix_port, "/" + group.url)
+        assert nar.status != 200 or not nar.complete
+        item = node.index.get(small_item.hash_part)
+        if down == "narinfo":  # the upstream says it has it no more: the promise is withdrawn
+            assert item is None
+            [now] = await guix_client.narinfos(HOST, node.guix_port, [small_item.hash_part])
+            assert now.status == 404
+        else:  # maybe a passing failure: still promised, not cached
+            assert not item.is_baked
