@@ -81,44 +81,10 @@ class ItemFetcher:
         self.settings = settings or FetchSettings()
         self.on_cached = on_cached
         self.on_transfer = on_transfer
-        self._busy: dict[str, asyncio.Event] = {}
 
     async def stream(self, item: IndexedItem) -> AsyncIterator[bytes]:
-        """The item's uncompressed NAR, fetched from peers, verified, and committed at the end."""
-        busy = self._busy.get(item.hash_part)
-        if busy is not None:
-            # Someone is fetching it already: wait, then read it back from the cache.
-            await busy.wait()
-            async for piece in self._from_cache(item.hash_part):
-                yield piece
-            return
-        done = self._busy[item.hash_part] = asyncio.Event()
-        try:
-            async for piece in self._fetch(item):
-                yield piece
-        finally:
-            done.set()
-            del self._busy[item.hash_part]
-
-    async def _from_cache(self, hash_part: str) -> AsyncIterator[bytes]:
-        from p2pcache.cache.chunk_table import decode_chunk_table
-        from p2pcache.cache.chunked_zstd import iter_decompressed
-        from p2pcache.server.streaming import iterate_in_thread
-
-        item = self.index.get(hash_part)
-        if item is None or not item.is_baked:
-            raise TransferFailed(f"{hash_part} could not be fetched by a concurrent request")
-        table = decode_chunk_table(item.chunk_table)
-        path = self.nar_store.path_of(item.nar_file)
-
-        def chunks():
-            with open(path, "rb") as f:
-                yield from iter_decompressed(f, table)
-
-        async for piece in iterate_in_thread(chunks, self.executor):
-            yield piece
-
-    async def _fetch(self, item: IndexedItem) -> AsyncIterator[bytes]:
+        """The item's uncompressed NAR, fetched from peers, verified, and committed at the end
+        (one at a time per item: the caller's FetchesInProgress)."""
         loop = asyncio.get_running_loop()
         providers = await self.providers_of(item.hash_part)
         if not providers:

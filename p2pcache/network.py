@@ -24,11 +24,13 @@ from concurrent.futures import Executor
 import aiohttp
 
 from p2pcache.activity import RecentActivity
+from p2pcache.cache.chunk_table import decode_chunk_table
 from p2pcache.cache.index import CacheIndex, IndexedItem, Origin
 from p2pcache.cache.nar_store import NarStore
 from p2pcache.config import Config
 from p2pcache.errors import P2PCacheError
 from p2pcache.fetcher import FetchedNarMismatch, FetchSettings, ItemFetcher
+from p2pcache.fetches_in_progress import FetchesInProgress
 from p2pcache.guix.narinfo import parse_nar_hash
 from p2pcache.guix.signing_key import GuixPublicKey, parse_acl
 from p2pcache.metrics import NodeMetrics
@@ -50,6 +52,7 @@ from p2pcache.net.upstream_narinfo import UpstreamNarinfo, preferred_groups
 from p2pcache.resolver import Candidate, MissResolver, ResolverSettings
 from p2pcache.server.admin_app import AiohttpListener
 from p2pcache.server.peer_app import PeerAPI
+from p2pcache.server.streaming import iterate_in_thread
 from p2pcache.trust.attestation_bundle import AttestationBundle
 from p2pcache.trust.builder_log import BuilderLog
 from p2pcache.trust.log_watch_metrics import LogWatchCollector, LogWatchCounters
@@ -143,6 +146,7 @@ class PeerNetwork:
         self.peer_url = ""
         self._peer_listener: AiohttpListener | None = None
         self._upstream_narinfos: dict[str, UpstreamNarinfo] = {}
+        self._fetches = FetchesInProgress(index, self._read_cached)
         self.announcer: Announcer | None = None
         self._tasks: list[asyncio.Task] = []
         self.trust: TrustGate | None = None
@@ -172,7 +176,7 @@ class PeerNetwork:
             self.index,
             acl,
             self.counters.trust,
-            resolution_of=lambda h: self.resolver.accepted_from.get(h) if self.resolver else None,
+            provenance_of=lambda h: self.resolver.provenances.get(h) if self.resolver else None,
             withdraw=self._withdraw_promise,
             carry=self._carry_bundle,
         )
@@ -327,7 +331,7 @@ class PeerNetwork:
     async def _withdraw_promise(self, hash_part: str) -> None:
         """The policy no longer accepts an item: its narinfo is no longer offered to Guix."""
         if self.resolver is not None:
-            self.resolver.accepted_from.pop(hash_part, None)
+            self.resolver.provenances.pop(hash_part)
         await self.index.remove([hash_part])
         self.on_refused(hash_part)
 
@@ -486,19 +490,29 @@ class PeerNetwork:
         resolution = await self.resolver.resolution(hash_part)
         if resolution is None:
             return None
-        if resolution.origin is Origin.PEER:
-            self.directory.add(hash_part, resolution.source)
-            self.recent_providers.accepted(resolution.source)
+        found = resolution.provenance
+        if found.origin is Origin.PEER:
+            self.directory.add(hash_part, found.source)
+            self.recent_providers.accepted(found.source)
         return resolution.item
 
     # -- bringing items in --------------------------------------------------------------------
 
     def stream_item(self, item: IndexedItem) -> AsyncIterator[bytes]:
         """The NAR of an accepted item the cache does not hold yet, fetched as it is sent."""
+        return self._fetches.stream(item, self._download)
+
+    def _download(self, item: IndexedItem) -> AsyncIterator[bytes]:
         if item.origin is Origin.UPSTREAM:
             return self._recorded(item, self._from_upstream(item))
         assert self.fetcher is not None
         return self._recorded(item, self.fetcher.stream(item))
+
+    def _read_cached(self, item: IndexedItem) -> AsyncIterator[bytes]:
+        """A NAR that another request brought into the cache meanwhile."""
+        assert item.nar_file is not None and item.chunk_table is not None
+        pieces = self.nar_store.read_nar(item.nar_file, decode_chunk_table(item.chunk_table))
+        return iterate_in_thread(lambda: pieces, self.io_executor)
 
     async def _recorded(
         self, item: IndexedItem, stream: AsyncIterator[bytes]
@@ -571,11 +585,11 @@ class PeerNetwork:
             return kept
         assert self.upstream is not None
         nar_sha256 = parse_nar_hash(item.nar_hash)
-        resolution = self.resolver.accepted_from.get(item.hash_part) if self.resolver else None
+        found = self.resolver.provenances.get(item.hash_part) if self.resolver else None
         urls = list(self.config.upstreams)
-        if resolution is not None and resolution.source in urls:
-            urls.remove(resolution.source)
-            urls.insert(0, resolution.source)
+        if found is not None and found.source in urls:
+            urls.remove(found.source)
+            urls.insert(0, found.source)
         problems = []
         answered = 0  # upstreams that told for sure (gone, or changed)
         for url in urls:
@@ -610,7 +624,10 @@ class PeerNetwork:
         raise P2PCacheError(f"{item.store_path}: no upstream offers the NAR promised ({problem})")
 
     def _cached(self, item: IndexedItem) -> None:
-        """A fetched item is in the cache: the node drops its stale narinfo and announces it."""
+        """A fetched item is in the cache: the node drops its stale narinfo and announces it;
+        where it was found no longer matters."""
+        if self.resolver is not None:
+            self.resolver.provenances.pop(item.hash_part)
         self.on_cached(item)
 
     # -- announcing ---------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from p2pcache.errors import LookupUndecided, P2PCacheError
 from p2pcache.guix.narinfo import Narinfo
 from p2pcache.guix.signing_key import GuixPublicKey
 from p2pcache.logs import LinesPerWindow
+from p2pcache.provenance import Provenance, Provenances
 from p2pcache.trust.item_trust import ItemTrust
 from p2pcache.trust.narinfo_acceptance import NarinfoRejected
 from p2pcache.trust.narinfo_check_pool import NarinfoCheckPool
@@ -74,12 +75,7 @@ class ResolverSettings:
 @dataclass(frozen=True, slots=True)
 class Resolution:
     item: IndexedItem
-    origin: Origin
-    source: str
-    decision: Decision | None = None
-    """The trust policy's decision, when the policy consulted attestations."""
-    bundles: tuple[bytes, ...] = ()
-    """The bundles it was made from, kept when small (judged again before the NAR is kept)."""
+    provenance: Provenance
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +118,8 @@ class MissResolver:
         self._limit = asyncio.Semaphore(self.settings.max_concurrent)
         self._inflight: dict[str, asyncio.Future[Resolution | None]] = {}
         self._absent: dict[str, float] = {}
-        self.accepted_from: dict[str, Resolution] = {}
+        self.provenances = Provenances()
+        """Where each accepted item was found, for its NAR download."""
 
     @property
     def acl(self) -> list[GuixPublicKey]:
@@ -333,10 +330,8 @@ class MissResolver:
             )
         )
         assert item is not None  # read back in the transaction that added it
-        resolution = Resolution(
-            item, candidate.origin, candidate.source, accepted.decision, accepted.bundles
+        provenance = Provenance(
+            candidate.origin, candidate.source, accepted.decision, accepted.bundles
         )
-        self.accepted_from[hash_part] = resolution
-        if len(self.accepted_from) > 100_000:
-            self.accepted_from.pop(next(iter(self.accepted_from)))
-        return resolution
+        self.provenances.add(hash_part, provenance)
+        return Resolution(item, provenance)

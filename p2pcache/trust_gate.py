@@ -35,7 +35,7 @@ from p2pcache.guix.narinfo_signature import SignatureStatus, verify_narinfo
 from p2pcache.guix.signing_key import GuixPublicKey
 from p2pcache.guix.store_path import parse_store_path
 from p2pcache.net.network_metrics import TrustCounters
-from p2pcache.resolver import Resolution
+from p2pcache.provenance import Provenance
 from p2pcache.trust.attestation_bundle import AttestationBundle, parse_bundle
 from p2pcache.trust.attestation_verifier import (
     AttestationVerifier,
@@ -66,7 +66,7 @@ class TrustGate:
         acl: list[GuixPublicKey],
         counters: TrustCounters,
         *,
-        resolution_of: Callable[[str], Resolution | None] = lambda hash_part: None,
+        provenance_of: Callable[[str], Provenance | None] = lambda hash_part: None,
         withdraw: Callable[[str], Awaitable[None]] | None = None,
         carry: Callable[[str, AttestationBundle], None] = lambda hash_part, bundle: None,
     ) -> None:
@@ -74,7 +74,7 @@ class TrustGate:
         self.index = index
         self.acl = acl
         self.counters = counters
-        self.resolution_of = resolution_of
+        self.provenance_of = provenance_of
         self.withdraw = withdraw
         self.carry = carry
         """Keeps a bundle that counted for an accepted item, to hand on with the item."""
@@ -144,9 +144,9 @@ class TrustGate:
 
     def expected_root(self, item: IndexedItem) -> bytes | None:
         """The chunk root every chunk is checked against: the builders' when they attested it."""
-        resolution = self.resolution_of(item.hash_part)
-        if resolution is not None and resolution.decision is not None:
-            return resolution.decision.chunk_root or item.chunk_root
+        found = self.provenance_of(item.hash_part)
+        if found is not None and found.decision is not None:
+            return found.decision.chunk_root or item.chunk_root
         return item.chunk_root
 
     async def before_commit(self, item: IndexedItem, chunk_root: bytes) -> None:
@@ -154,12 +154,12 @@ class TrustGate:
         trust = self.item_trust
         if trust is None or not trust.policy.needs_attestations:
             return
-        resolution = self.resolution_of(item.hash_part)
-        if resolution is not None and resolution.decision is not None:
-            upstream_signed = resolution.decision.basis in ("upstream", "both")
+        found = self.provenance_of(item.hash_part)
+        if found is not None and found.decision is not None:
+            upstream_signed = found.decision.basis in ("upstream", "both")
         else:
             upstream_signed = self._is_upstream_signed(item)
-        bundles = list(resolution.bundles) if resolution and resolution.bundles else []
+        bundles = list(found.bundles) if found is not None else []
         if not bundles:
             bundles = await trust.gather(item.hash_part)
         claim = ItemClaim(

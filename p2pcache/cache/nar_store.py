@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from p2pcache.cache.chunk_table import ChunkTable
+from p2pcache.cache.chunked_zstd import iter_decompressed
 from p2pcache.errors import P2PCacheError
 from p2pcache.guix.store_path import check_hash_part
 
@@ -113,6 +115,12 @@ class NarStore:
         except FileNotFoundError:
             raise NarStoreError(f"cached NAR {name} is missing from {self.root}") from None
 
+    def read_nar(self, name: str, table: ChunkTable) -> Iterator[bytes]:
+        """The uncompressed NAR of a cached file, chunk by chunk, each checked against its
+        digest in `table`. The name is checked now; the file is read as the iterator is,
+        in blocking reads: iterate it in a thread (`iterate_in_thread`)."""
+        return _read_decompressed(self.path_of(name), table)
+
     def remove(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.path_of(name).unlink()
@@ -133,3 +141,8 @@ class NarStore:
                 name = f"{sub.name}/{f.name}"
                 if _NAME.match(name) and (older_than is None or f.stat().st_mtime < older_than):
                     yield name
+
+
+def _read_decompressed(path: Path, table: ChunkTable) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        yield from iter_decompressed(f, table)

@@ -30,7 +30,6 @@ from pathlib import Path
 
 from p2pcache.cache.access_log import AccessLog
 from p2pcache.cache.chunk_table import decode_chunk_table
-from p2pcache.cache.chunked_zstd import iter_decompressed
 from p2pcache.cache.index import (
     CacheIndex,
     IndexedItem,
@@ -392,16 +391,11 @@ class GuixEndpoint:
         return FileResponse(fd, 0, size, ZSTD_TYPE, self._nar_headers(), label="nar")
 
     def _decompressed(self, item: IndexedItem) -> StreamResponse:
-        table = decode_chunk_table(item.chunk_table)
-        path = self.nar_store.path_of(item.nar_file)
-
-        def chunks() -> Iterator[bytes]:
-            with open(path, "rb") as f:
-                yield from iter_decompressed(f, table)
-
+        assert item.nar_file is not None and item.chunk_table is not None
+        pieces = self.nar_store.read_nar(item.nar_file, decode_chunk_table(item.chunk_table))
         self.metrics.nar_bytes_served.inc(("none",), item.nar_size)
         return StreamResponse(
-            iterate_in_thread(chunks, self.executor),
+            iterate_in_thread(lambda: pieces, self.executor),
             item.nar_size,
             NAR_TYPE,
             self._nar_headers(),

@@ -1,10 +1,14 @@
 """NAR files: atomic commit, nothing half visible, names that cannot escape the directory."""
 
+import io
 import os
+import random
 import subprocess
 
 import pytest
 
+from p2pcache.cache.chunk_table import CHUNK_SIZE
+from p2pcache.cache.chunked_zstd import ChunkedZstdWriter, ChunkVerificationError
 from p2pcache.cache.nar_store import NarStore, NarStoreError, nar_file_name
 from p2pcache.errors import StorePathError
 
@@ -71,3 +75,26 @@ def test_missing_file_is_a_clear_error(tmp_path):
     store.prepare()
     with pytest.raises(NarStoreError, match="missing"):
         store.open(f"q3/{HASH}.zst")
+
+
+def test_read_nar_checks_the_name_at_once_and_each_chunk_as_it_reads(tmp_path):
+    store = NarStore(tmp_path / "nar")
+    store.prepare()
+    nar = random.Random(3).randbytes(2 * CHUNK_SIZE + 100)
+    out = io.BytesIO()
+    writer = ChunkedZstdWriter(out, level=3)
+    writer.write(nar)
+    table, _ = writer.finish()
+    with store.writing() as pending:
+        pending.file.write(out.getvalue())
+        name = store.commit(pending, "a" * 32)
+    assert b"".join(store.read_nar(name, table)) == nar
+    with pytest.raises(NarStoreError):
+        store.read_nar("../../etc/passwd", table)  # refused before any read
+    data = bytearray(out.getvalue())
+    data[-5] ^= 1
+    store.path_of(name).write_bytes(data)
+    pieces = store.read_nar(name, table)
+    assert next(pieces) == nar[:CHUNK_SIZE]  # the first chunks are intact
+    with pytest.raises(ChunkVerificationError):
+        list(pieces)

@@ -64,6 +64,8 @@ async def test_an_upstream_item_is_relayed_then_fetched_then_cached(
         wanted = [item.hash_part, "0" * 32, small_item.hash_part]
         replies = await guix_client.narinfos(HOST, node.guix_port, wanted)
         assert [r.status for r in replies] == [200, 404, 200]
+        provenances = node.network.resolver.provenances
+        assert provenances.get(item.hash_part).source == upstream.url
         for reply, served, it in zip(
             (replies[0], replies[2]), narinfos, (item, small_item), strict=True
         ):
@@ -76,6 +78,7 @@ async def test_an_upstream_item_is_relayed_then_fetched_then_cached(
             assert nar.status == 200 and nar.complete
             assert nar.body == it.nar
             await until_baked(node, it.hash_part)
+            assert provenances.get(it.hash_part) is None  # cached: no longer needed
         # Cached now: offered as zstd, and the upstream is not asked again.
         asked = len(upstream.requests)
         [again] = await guix_client.narinfos(HOST, node.guix_port, [item.hash_part])
@@ -171,3 +174,19 @@ async def test_an_upstream_gone_at_nar_time_is_a_clear_failure(
             assert now.status == 404
         else:  # maybe a passing failure: still promised, not cached
             assert not item.is_baked
+
+
+async def test_two_clients_asking_for_one_nar_at_once_cause_one_download(
+    tmp_path, upstream, item, trusted_key
+):
+    item.publish(upstream, trusted_key)
+    async with node_with_upstream(tmp_path, upstream, trusted_key) as node:
+        [reply] = await guix_client.narinfos(HOST, node.guix_port, [item.hash_part])
+        [group] = parse_narinfo(reply.body).urls
+        nars = await asyncio.gather(
+            *(guix_client.get(HOST, node.guix_port, "/" + group.url) for _ in range(3))
+        )
+        assert all(nar.status == 200 and nar.body == item.nar for nar in nars)
+        await until_baked(node, item.hash_part)
+        assert upstream.requests.count("/" + item.nar_url("zstd")) == 1
+        assert len(list(node.nar_store.iter_names())) == 1

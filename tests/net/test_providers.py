@@ -221,7 +221,7 @@ async def test_a_refused_narinfo_from_a_recent_provider_leads_to_the_search(tmp_
                 index, [b_key.public], [asker.source], on_rejected=refused.append
             )
             resolution = await resolver.resolution(a.hash_parts[0])
-            assert resolution is not None and resolution.source == b_url
+            assert resolution is not None and resolution.provenance.source == b_url
             assert refused == ["unauthorized-key"]  # a's narinfo, judged and refused
             assert asker.counts == {"held": 1, "refused": 1, "dht": 1}
             assert a_url not in asker.recent.peers  # not asked first any more
