@@ -345,8 +345,17 @@ class GuixEndpoint:
 
     # -- NARs ---------------------------------------------------------------------------------
 
-    def nar(self, hash_part: str, name: str, *, compressed: bool) -> AnyResponse:
+    def nar(
+        self, hash_part: str, name: str, *, compressed: bool
+    ) -> AnyResponse | Awaitable[AnyResponse]:
         item = self.index.get(hash_part)
+        if item is None and not compressed and self.resolve_miss is not None:
+            return self._resolve_nar(hash_part, name)
+        return self._nar_of(item, hash_part, name, compressed=compressed)
+
+    def _nar_of(
+        self, item: IndexedItem | None, hash_part: str, name: str, *, compressed: bool
+    ) -> AnyResponse:
         if item is None or item.state is State.CORRUPT or item.basename != f"{hash_part}-{name}":
             return self._not_found
         self.accessed.record(hash_part)
@@ -368,6 +377,20 @@ class GuixEndpoint:
         if self.remote_stream is None:
             return self._not_found
         return self._from_remote(item)
+
+    async def _resolve_nar(self, hash_part: str, name: str) -> AnyResponse:
+        """The NAR of an item the index does not know. Guix keeps a narinfo for its max-age
+        and asks for the NAR when it builds, maybe after this node forgot the item (its
+        promise expired, its NAR was evicted, its data directory was reset). So the item is
+        looked up as a narinfo miss would be, and if it is accepted under the same name its
+        NAR is sent: Guix checks it against the NarHash of the narinfo it holds."""
+        assert self.resolve_miss is not None
+        try:
+            item = await self.resolve_miss(hash_part)
+        except P2PCacheError as e:
+            log.info("the NAR of %s-%s is not to be found now: %s", hash_part, name, e)
+            return self._not_found
+        return self._nar_of(item, hash_part, name, compressed=False)
 
     def _from_remote(self, item: IndexedItem) -> StreamResponse:
         """An accepted item not cached yet: fetched from peers or upstream while it is sent."""

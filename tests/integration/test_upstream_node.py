@@ -107,6 +107,25 @@ async def test_a_nar_promised_before_a_restart_is_still_fetched(
         await until_baked(node, small_item.hash_part)
 
 
+async def test_a_nar_of_an_item_the_node_never_promised_is_looked_up_first(
+    tmp_path, upstream, small_item, trusted_key
+):
+    """Guix may hold a narinfo this node never gave (or forgot: its data was reset, the
+    promise expired): the NAR request is looked up as a miss, then served."""
+    small_item.publish(upstream, trusted_key)
+    async with node_with_upstream(tmp_path, upstream, trusted_key) as node:
+        assert node.index.get(small_item.hash_part) is None
+        other_name = f"/nar/{small_item.hash_part}-other-1.0"
+        assert (await guix_client.get(HOST, node.guix_port, other_name)).status == 404
+        zstd = await guix_client.get(HOST, node.guix_port, f"/nar/zstd/{small_item.basename}")
+        assert zstd.status == 404  # not cached: no zstd file to send
+        nar = await guix_client.get(HOST, node.guix_port, f"/nar/{small_item.basename}")
+        assert nar.status == 200 and nar.complete and nar.body == small_item.nar
+        await until_baked(node, small_item.hash_part)
+        unknown = await guix_client.get(HOST, node.guix_port, f"/nar/{'0' * 32}-x")
+        assert unknown.status == 404
+
+
 async def test_only_the_oldest_kept_narinfos_are_asked_for_again(
     tmp_path, upstream, item, small_item, trusted_key, monkeypatch
 ):
