@@ -127,6 +127,9 @@ class Config:
     rendered_narinfos: bool = True
 
     cache_max_size: int = 20 << 30
+    promise_ttl: int = 86400
+    """How long an item found for a miss is offered without being fetched, before it is
+    forgotten (and looked up afresh if asked for again)."""
     zstd_level: int = 3
     zstd_threads: int = 0
     bake_new_items: bool = True
@@ -326,6 +329,7 @@ OPTIONS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "admin.listen": ("admin_listen", _listen),
     "admin.metrics_listen": ("metrics_listen", _optional_listen),
     "cache.max_size": ("cache_max_size", parse_size),
+    "cache.promise_ttl": ("promise_ttl", _int_range(60, 365 * 86400)),
     "cache.zstd_level": ("zstd_level", _int_range(1, 19)),
     "cache.zstd_threads": ("zstd_threads", _int_range(0, 256)),
     "builder.build_log_dir": ("build_log_dir", _path),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 
 from p2pcache.cache.index import CacheIndex, IndexedItem
 from p2pcache.errors import P2PCacheError
@@ -31,6 +31,10 @@ class FetchesInProgress:
 
     def __len__(self) -> int:
         return len(self._running)
+
+    def running(self) -> Collection[str]:
+        """The hash parts being downloaded now (a live view)."""
+        return self._running.keys()
 
     async def stream(self, item: IndexedItem, download: Download) -> AsyncIterator[bytes]:
         """The NAR of `item`: downloaded by `download`, unless a download of it is running,

@@ -73,6 +73,11 @@ MAX_KEPT_UPSTREAM_NARINFOS = 10_000
 """Upstream narinfos kept for the NAR downloads that follow their misses (a few MB); older
 ones are asked for again if their NAR is wanted."""
 
+PROMISE_EXPIRY_BATCH = 1000
+PROMISE_EXPIRY_BATCHES = 20
+"""Expired promises are forgotten 1,000 to a transaction, at most 20,000 per housekeeping
+round, so that a node with a backlog keeps serving between transactions."""
+
 # Peers listed by the status API (the best ones; the rest are counted).
 STATUS_PEERS = 20
 
@@ -334,6 +339,32 @@ class PeerNetwork:
             self.resolver.provenances.pop(hash_part)
         await self.index.remove([hash_part])
         self.on_refused(hash_part)
+
+    async def expire_promises(self, ttl: int) -> int:
+        """Forget the items found for misses over `ttl` seconds ago that nobody fetched
+        (dry runs, `guix weather`, a machine that went away), except those being fetched
+        now. Asked for again, they are looked up afresh: a narinfo request is a miss, and a
+        NAR request for a narinfo Guix kept is looked up too (guix_endpoint._resolve_nar)."""
+        total = 0
+        for _ in range(PROMISE_EXPIRY_BATCHES):
+            gone = await self.index.expire_promises(
+                int(time.time()) - ttl, PROMISE_EXPIRY_BATCH, keep=self._fetches.running()
+            )
+            for hash_part in gone:
+                if self.resolver is not None:
+                    self.resolver.provenances.pop(hash_part)
+                self.on_refused(hash_part)
+            total += len(gone)
+            if len(gone) < PROMISE_EXPIRY_BATCH:
+                break
+        if total:
+            log.info(
+                "forgot %d items found for misses over %d s ago that nobody fetched; if asked "
+                "for again, they are looked up afresh",
+                total,
+                ttl,
+            )
+        return total
 
     def _miss_outcome(self, outcome: str, seconds: float) -> None:
         self.counters.misses[outcome] += 1

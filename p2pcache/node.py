@@ -425,11 +425,14 @@ class Node:
             await asyncio.sleep(HOUSEKEEPING_INTERVAL)
             try:
                 await self._flush_access_times()
+                if self.network is not None:
+                    await self.network.expire_promises(self.config.promise_ttl)
                 await self._prune_narinfo_changes()
                 await self.refresh_gauges()
             except Exception:
                 log.exception(
-                    "housekeeping (saving access times, refreshing gauges) failed; it runs "
+                    "housekeeping (saving access times, forgetting expired promises, refreshing "
+                    "gauges) failed; it runs "
                     "again in %.0f s",
                     HOUSEKEEPING_INTERVAL,
                 )

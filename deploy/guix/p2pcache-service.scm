@@ -197,6 +197,8 @@
   ;; [cache]
   (cache-max-size p2pcache-configuration-cache-max-size   ;integer | "20GiB"
                   (default "20GiB"))
+  (promise-ttl   p2pcache-configuration-promise-ttl       ;integer (seconds)
+                 (default 86400))
   (zstd-level    p2pcache-configuration-zstd-level        ;integer, 1-19
                  (default 3))
   (zstd-threads  p2pcache-configuration-zstd-threads      ;integer, 0: one per core
@@ -273,6 +275,7 @@
     ("admin" "listen" ,p2pcache-configuration-admin-listen string)
     ("admin" "metrics_listen" ,p2pcache-configuration-metrics-listen optional-string)
     ("cache" "max_size" ,p2pcache-configuration-cache-max-size size)
+    ("cache" "promise_ttl" ,p2pcache-configuration-promise-ttl integer)
     ("cache" "zstd_level" ,p2pcache-configuration-zstd-level integer)
     ("cache" "zstd_threads" ,p2pcache-configuration-zstd-threads integer)
     ("logging" "level" ,p2pcache-configuration-log-level string)

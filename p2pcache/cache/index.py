@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -161,6 +161,15 @@ MIGRATIONS: tuple[tuple[int, str, str, str], ...] = (
         CREATE TRIGGER narinfo_changes_delete AFTER DELETE ON items BEGIN
             INSERT INTO narinfo_changes (hash_part) VALUES (OLD.hash_part);
         END;
+        """,
+    ),
+    (
+        4,
+        "2026-11-26",
+        "items_promises: items found for a miss and not fetched, by age, so that they expire",
+        """
+        CREATE INDEX items_promises ON items (added_at)
+            WHERE nar_file IS NULL AND origin != 'store';
         """,
     ),
 )
@@ -641,6 +650,26 @@ class CacheIndex:
             )
 
         await self._transaction(body)
+
+    async def expire_promises(
+        self, added_before: int, limit: int, keep: Collection[str] = ()
+    ) -> list[str]:
+        """Forget up to `limit` items found for a miss (from peers or upstream) before
+        `added_before` and never fetched, except those in `keep` (being fetched now);
+        returns their hash parts. In one transaction, so an item fetched meanwhile (its NAR
+        file recorded) is never forgotten: that would leave its file behind."""
+
+        async def body(db: aiosqlite.Connection) -> list[str]:
+            async with db.execute(
+                "SELECT hash_part FROM items WHERE nar_file IS NULL AND origin != 'store'"
+                " AND added_at < ? ORDER BY added_at LIMIT ?",
+                (added_before, limit + len(keep)),
+            ) as cur:
+                found = [h for (h,) in await cur.fetchall() if h not in keep][:limit]
+            await db.executemany("DELETE FROM items WHERE hash_part = ?", [(h,) for h in found])
+            return found
+
+        return await self._transaction(body)
 
     async def touch(self, accessed: dict[str, int]) -> None:
         """Record last-access times (batched by the caller: one write per flush, not per hit)."""

@@ -112,6 +112,37 @@ async def test_least_recently_used_order(index):
     assert await index.baked_files() == {"aa/a.zst", "bb/b.zst"}
 
 
+def backdate(index: CacheIndex, hash_parts: list[str], added_at: int) -> None:
+    """Items as if found at `added_at` (another connection, as a past run would have)."""
+    with contextlib.closing(sqlite3.connect(index.path)) as db, db:
+        db.executemany(
+            "UPDATE items SET added_at = ? WHERE hash_part = ?", [(added_at, h) for h in hash_parts]
+        )
+
+
+async def test_only_old_unfetched_items_found_for_misses_expire(index):
+    hashes = [f"{n:02d}" + "0" * 30 for n in range(8)]
+    store_item, baked_peer, upstream_item, kept_peer, *young = hashes
+    await index.add_items(
+        [new_item(store_item, Origin.STORE)]
+        + [new_item(h, Origin.UPSTREAM if h == upstream_item else Origin.PEER) for h in hashes[1:]]
+    )
+    await index.mark_baked(baked_peer, "aa/a.zst", 1, b"t", b"r")
+    backdate(index, hashes[:4], 1_000)
+    for n, h in enumerate(reversed(young)):
+        backdate(index, [h], 5_000 + n)  # the last one is the oldest
+    # Being fetched (kept), fetched (baked), from the store: never forgotten for age.
+    gone = await index.expire_promises(2_000, 100, keep={kept_peer})
+    assert gone == [upstream_item]
+    assert index.get(upstream_item) is None
+    assert all(index.get(h) is not None for h in hashes if h != upstream_item)
+    # Oldest first, `limit` at a time.
+    assert await index.expire_promises(6_000, 2) == [kept_peer, young[-1]]
+    assert await index.expire_promises(6_000, 100) == young[-2::-1]
+    assert index.get(kept_peer) is None
+    assert (await index.stats()).items == 2
+
+
 async def test_remove_and_node_state(index):
     await index.add_items([new_item(HASH_A, Origin.PEER)])
     await index.remove([HASH_A])

@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 
 import pytest
 
 from p2pcache import network
+from p2pcache import node as node_module
 from p2pcache.guix.narinfo import parse_narinfo
 from p2pcache.guix.signing_key import render_acl
 from tests import guix_client
+from tests.cache.test_index import backdate
 from tests.integration.conftest import node_config, running_node
 from tests.net.upstream_server import (  # noqa: F401 (fixtures)
     FakeUpstream,
@@ -47,13 +52,21 @@ async def node_with_upstream(tmp_path, upstream: FakeUpstream, key, **changes) -
         yield node
 
 
-async def until_baked(node, hash_part: str) -> None:
+async def until_item(node, hash_part: str, wanted, what: str) -> None:
+    """Wait (10 s at most) until the index's row for `hash_part` is as `wanted` says."""
     for _ in range(400):
-        item = node.index.get(hash_part)
-        if item is not None and item.is_baked:
+        if wanted(node.index.get(hash_part)):
             return
         await asyncio.sleep(0.025)
-    raise AssertionError(f"{hash_part} was never kept in the cache")
+    raise AssertionError(f"{hash_part} was never {what}")
+
+
+async def until_baked(node, hash_part: str) -> None:
+    await until_item(node, hash_part, lambda i: i is not None and i.is_baked, "cached")
+
+
+async def until_forgotten(node, hash_part: str) -> None:
+    await until_item(node, hash_part, lambda i: i is None, "forgotten")
 
 
 async def test_an_upstream_item_is_relayed_then_fetched_then_cached(
@@ -124,6 +137,52 @@ async def test_a_nar_of_an_item_the_node_never_promised_is_looked_up_first(
         await until_baked(node, small_item.hash_part)
         unknown = await guix_client.get(HOST, node.guix_port, f"/nar/{'0' * 32}-x")
         assert unknown.status == 404
+
+
+async def test_an_unfetched_promise_expires_and_is_looked_up_afresh(
+    tmp_path, upstream, small_item, trusted_key, monkeypatch
+):
+    monkeypatch.setattr(node_module, "HOUSEKEEPING_INTERVAL", 0.05)
+    small_item.publish(upstream, trusted_key)
+    async with node_with_upstream(tmp_path, upstream, trusted_key, promise_ttl=3600) as node:
+        [reply] = await guix_client.narinfos(HOST, node.guix_port, [small_item.hash_part])
+        assert reply.status == 200
+        await asyncio.sleep(0.2)  # housekeeping ran: an hour-old promise is not forgotten
+        assert node.index.get(small_item.hash_part) is not None
+        backdate(node.index, [small_item.hash_part], int(time.time()) - 3601)
+        await until_forgotten(node, small_item.hash_part)
+        assert node.network.resolver.provenances.get(small_item.hash_part) is None
+        asked = len(upstream.requests)
+        # Guix kept the narinfo: its NAR is looked up afresh, then sent.
+        [group] = parse_narinfo(reply.body).urls
+        nar = await guix_client.get(HOST, node.guix_port, "/" + group.url)
+        assert nar.status == 200 and nar.body == small_item.nar
+        assert f"/{small_item.hash_part}.narinfo" in upstream.requests[asked:]
+
+
+async def test_a_promise_being_fetched_does_not_expire(
+    tmp_path, upstream, item, trusted_key, monkeypatch
+):
+    monkeypatch.setattr(node_module, "HOUSEKEEPING_INTERVAL", 0.05)
+    item.publish(upstream, trusted_key)
+    nar_path = "/" + item.nar_url("zstd")
+    upstream.hang_after(nar_path, item.zstd[:1000], content_length=len(item.zstd))
+    async with node_with_upstream(tmp_path, upstream, trusted_key, promise_ttl=3600) as node:
+        [reply] = await guix_client.narinfos(HOST, node.guix_port, [item.hash_part])
+        [group] = parse_narinfo(reply.body).urls
+        reader, writer = await asyncio.open_connection(HOST, node.guix_port)
+        writer.write(guix_client.request("/" + group.url, HOST))
+        head = await guix_client.read_reply(reader, head_only=True)
+        assert head.status == 200  # and the NAR is on its way from the hanging upstream
+        backdate(node.index, [item.hash_part], int(time.time()) - 7200)
+        await asyncio.sleep(0.3)  # several housekeeping rounds
+        assert node.index.get(item.hash_part) is not None
+        # The client goes away (a reset, as when guix is killed): the download ends, and the
+        # promise expires.
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.close()
+        await until_forgotten(node, item.hash_part)
 
 
 async def test_only_the_oldest_kept_narinfos_are_asked_for_again(
