@@ -120,6 +120,27 @@ async def test_a_nar_promised_before_a_restart_is_still_fetched(
         await until_baked(node, small_item.hash_part)
 
 
+async def test_an_evicted_item_is_fetched_again_through_the_narinfos_next_url(
+    tmp_path, upstream, small_item, trusted_key
+):
+    """Guix tries a narinfo's URLs in turn (zstd first, being smaller) and moves on at a
+    non-200: a NAR evicted since its narinfo was given still comes, through `none`."""
+    small_item.publish(upstream, trusted_key)
+    async with node_with_upstream(tmp_path, upstream, trusted_key) as node:
+        [reply] = await guix_client.narinfos(HOST, node.guix_port, [small_item.hash_part])
+        [group] = parse_narinfo(reply.body).urls
+        await guix_client.get(HOST, node.guix_port, "/" + group.url)
+        await until_baked(node, small_item.hash_part)
+        [cached] = await guix_client.narinfos(HOST, node.guix_port, [small_item.hash_part])
+        urls = [g.url for g in parse_narinfo(cached.body).urls]
+        assert [g.compression for g in parse_narinfo(cached.body).urls] == ["zstd", "none"]
+        assert (await node.quota.enforce(max_size=0)).items == 1
+        assert node.index.get(small_item.hash_part) is None
+        assert (await guix_client.get(HOST, node.guix_port, "/" + urls[0])).status == 404
+        nar = await guix_client.get(HOST, node.guix_port, "/" + urls[1])
+        assert nar.status == 200 and nar.body == small_item.nar
+
+
 async def test_a_nar_of_an_item_the_node_never_promised_is_looked_up_first(
     tmp_path, upstream, small_item, trusted_key
 ):
