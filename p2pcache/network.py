@@ -612,10 +612,9 @@ class PeerNetwork:
         thousands of other items since. A narinfo asked for again is only used if it
         describes the NAR that was promised (the download is checked against that NarHash)."""
         kept = self._upstream_narinfos.get(item.hash_part)
-        if kept is not None:
+        if kept is not None and _describes(kept, item):
             return kept
         assert self.upstream is not None
-        nar_sha256 = parse_nar_hash(item.nar_hash)
         found = self.resolver.provenances.get(item.hash_part) if self.resolver else None
         urls = list(self.config.upstreams)
         if found is not None and found.source in urls:
@@ -632,11 +631,7 @@ class PeerNetwork:
             answered += 1
             if narinfo is None:
                 problems.append(f"{url} no longer has it")
-            elif (narinfo.store_path.path, narinfo.nar_sha256, narinfo.nar_size) != (
-                item.store_path,
-                nar_sha256,
-                item.nar_size,
-            ):
+            elif not _describes(narinfo, item):
                 problems.append(f"{url} now describes another NAR under that name")
             elif not preferred_groups(narinfo.narinfo):
                 problems.append(f"{url} offers it in no compression this node decodes")
@@ -712,3 +707,13 @@ class PeerNetwork:
                 return
             self.announcer.add_existing(page)
             after = page[-1]
+
+
+def _describes(narinfo: UpstreamNarinfo, item: IndexedItem) -> bool:
+    """Whether an upstream narinfo is for the NAR the node accepted (and checks downloads
+    against): the kept one always should be, one asked for again may not."""
+    return (narinfo.store_path.path, narinfo.nar_sha256, narinfo.nar_size) == (
+        item.store_path,
+        parse_nar_hash(item.nar_hash),
+        item.nar_size,
+    )
