@@ -249,6 +249,11 @@ class NodeMetrics:
             "Compressed bytes removed to stay under the size quota.",
             registry=r,
         )
+        self.promises_expired = Counter(
+            "p2pcache_cache_promises_expired_total",
+            "Items found for misses and forgotten unfetched after promise_ttl.",
+            registry=r,
+        )
 
         # Baking (publishing the local store).
         self.bake_queue = Gauge(

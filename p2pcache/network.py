@@ -354,6 +354,7 @@ class PeerNetwork:
                 if self.resolver is not None:
                     self.resolver.provenances.pop(hash_part)
                 self.on_refused(hash_part)
+            self.metrics.promises_expired.inc(len(gone))
             total += len(gone)
             if len(gone) < PROMISE_EXPIRY_BATCH:
                 break

@@ -33,6 +33,7 @@ CACHE_FAMILIES = (
     "p2pcache_cache_items",
     "p2pcache_cache_evictions_total",
     "p2pcache_cache_evicted_bytes_total",
+    "p2pcache_cache_promises_expired_total",
 )
 PEER_FAMILIES = (
     "p2pcache_transfer_bytes_total",

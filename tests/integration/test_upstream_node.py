@@ -173,6 +173,8 @@ async def test_an_unfetched_promise_expires_and_is_looked_up_afresh(
         backdate(node.index, [small_item.hash_part], int(time.time()) - 3601)
         await until_forgotten(node, small_item.hash_part)
         assert node.network.resolver.provenances.get(small_item.hash_part) is None
+        expired = node.metrics.registry.get_sample_value("p2pcache_cache_promises_expired_total")
+        assert expired == 1
         asked = len(upstream.requests)
         # Guix kept the narinfo: its NAR is looked up afresh, then sent.
         [group] = parse_narinfo(reply.body).urls
