@@ -10,7 +10,8 @@ must be the one the builders attested); only then is the file committed, the ind
 and the item announced. Chunks are checked from the start against the chunk root the
 builders attested (`expected_root`), so a peer sending other bytes is caught at its first
 chunk and penalized. Any failed check cuts the client's stream (the server aborts the
-connection) and leaves nothing in the cache.
+connection; before the first byte, the Guix endpoint answers 502 instead) and leaves nothing
+in the cache.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ other processes (`forget_hot`).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import re
@@ -53,7 +54,7 @@ from p2pcache.server.http_response import (
     StreamResponse,
     render_head,
 )
-from p2pcache.server.streaming import iterate_in_thread
+from p2pcache.server.streaming import first_piece, iterate_in_thread
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,9 @@ class GuixEndpoint:
             label="narinfo",
         ).prerender()
         self._not_found = Response(404, b"Resource not found.\n", label="other").prerender()
+        self._bad_gateway = Response(
+            502, b"This NAR cannot be brought in now; try again later.\n", label="nar"
+        ).prerender()
         self._cache_info = Response(
             200,
             f"StoreDir: {settings.store_dir}\nWantMassQuery: 0\nPriority: 100\n".encode(),
@@ -355,7 +359,7 @@ class GuixEndpoint:
 
     def _nar_of(
         self, item: IndexedItem | None, hash_part: str, name: str, *, compressed: bool
-    ) -> AnyResponse:
+    ) -> AnyResponse | Awaitable[AnyResponse]:
         if item is None or item.state is State.CORRUPT or item.basename != f"{hash_part}-{name}":
             return self._not_found
         self.accessed.record(hash_part)
@@ -390,15 +394,25 @@ class GuixEndpoint:
         except P2PCacheError as e:
             log.info("the NAR of %s-%s is not to be found now: %s", hash_part, name, e)
             return self._not_found
-        return self._nar_of(item, hash_part, name, compressed=False)
+        answer = self._nar_of(item, hash_part, name, compressed=False)
+        return await answer if inspect.isawaitable(answer) else answer
 
-    def _from_remote(self, item: IndexedItem) -> StreamResponse:
-        """An accepted item not cached yet: fetched from peers or upstream while it is sent."""
+    async def _from_remote(self, item: IndexedItem) -> AnyResponse:
+        """An accepted item not cached yet: fetched from peers or upstream while it is sent.
+
+        The head waits for the first piece: a NAR that cannot be brought in at all (no
+        provider answers, the upstream lost it) is a 502, on which Guix tries the narinfo's
+        next URL at once, instead of a 200 cut short, which it would retry first."""
         assert self.remote_stream is not None
+        try:
+            first, pieces = await first_piece(self.remote_stream(item))
+        except P2PCacheError as e:
+            log.warning("could not bring in the NAR of %s: %s", item.store_path, e)
+            return self._bad_gateway
+        if first is None:
+            return self._bad_gateway  # a source that ended at once: nothing to send
         self.metrics.nar_bytes_served.inc(("none",), item.nar_size)
-        return StreamResponse(
-            self.remote_stream(item), item.nar_size, NAR_TYPE, self._nar_headers(), label="nar"
-        )
+        return StreamResponse(pieces, item.nar_size, NAR_TYPE, self._nar_headers(), label="nar")
 
     def _cached_file(self, item: IndexedItem) -> FileResponse:
         fd = self.nar_store.open(item.nar_file)

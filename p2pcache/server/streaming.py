@@ -65,3 +65,31 @@ async def hold_back_last(pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         held = piece
     if held is not None:
         yield held
+
+
+async def first_piece(
+    pieces: AsyncIterator[bytes],
+) -> tuple[bytes | None, AsyncIterator[bytes]]:
+    """The first piece of `pieces` (None if there is none), and the whole stream again.
+
+    For a response whose source may fail before it yields anything (a NAR still to be
+    brought in from peers or upstream): the caller can still answer with an error status
+    then, instead of a 200 head followed by a cut connection. If waiting is cancelled (the
+    client went away), `pieces` is closed.
+    """
+    try:
+        first = await anext(pieces)
+    except StopAsyncIteration:
+        return None, pieces
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await pieces.aclose()  # type: ignore[attr-defined]
+        raise
+    return first, _prepend(first, pieces)
+
+
+async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async with contextlib.aclosing(rest):  # type: ignore[type-var]
+        yield first
+        async for piece in rest:
+            yield piece
