@@ -8,7 +8,9 @@ and in bundle bytes, and drops it once the NAR is cached.
 
 This builds `--items` entries shaped like real ones (a store path with `--references`
 references, a signed part listing them, a signature line) both ways and prints what
-tracemalloc counts per entry. No network, no files.
+tracemalloc counts per entry. Then the same for the upstream narinfos a node with upstreams
+keeps for the NAR downloads that follow (up to 10,000): parsed, as before, or as their bytes,
+parsed again at download time, as now. No network; the narinfo is the spec's test vector.
 
     python3 loadtest/provenance_memory.py [--items 100000] [--references 20]
 """
@@ -24,6 +26,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from p2pcache.cache.index import IndexedItem, Origin, State
+from p2pcache.guix import nix32
+from p2pcache.net.upstream_narinfo import check_upstream_narinfo
+from p2pcache.network import MAX_KEPT_UPSTREAM_NARINFOS
 from p2pcache.provenance import Provenance, Provenances
 
 
@@ -58,6 +63,21 @@ def item(references: int) -> IndexedItem:
         None,
         0,
     )
+
+
+VECTOR = Path(__file__).resolve().parents[2] / "shared/spec/vectors/tree.narinfo"
+
+
+def upstream_narinfo(references: int) -> tuple[str, bytes]:
+    """The spec's test narinfo for a new hash part, with `references` references."""
+    h = nix32.encode(os.urandom(20))
+    refs = " ".join(f"{nix32.encode(os.urandom(20))}-some-package-1.2.3" for _ in range(references))
+    data = VECTOR.read_bytes().replace(b"sjbf4zs2wsf2brfdyqzmdpvps50lh6mn", h.encode())
+    return h, data.replace(b"References: \n", f"References: {refs}\n".encode())
+
+
+def copy(data: bytes) -> bytes:
+    return bytes(bytearray(data))
 
 
 def per_entry(build, items: int) -> float:
@@ -95,6 +115,18 @@ def main() -> None:
         print(f"  {label:31} {size:7.0f} B/item, {size * args.items / 2**20:6.1f} MiB")
     print(f"  ratio: {old / new:.1f}x less")
     print("bundles: before up to 64 KiB per item and no total bound; now at most 64 MiB in all")
+
+    kept = min(args.items, MAX_KEPT_UPSTREAM_NARINFOS)
+    narinfos = [upstream_narinfo(args.references) for _ in range(kept)]
+    # Each kept narinfo is a copy made inside the measurement (as a response body would be).
+    parsed = per_entry(
+        lambda n: {h: check_upstream_narinfo(copy(data), "http://u", h) for h, data in narinfos},
+        kept,
+    )
+    raw = per_entry(lambda n: {h: ("http://u", copy(data)) for h, data in narinfos}, kept)
+    print(f"{kept} upstream narinfos kept for their NAR downloads:")
+    for label, size in (("parsed (before)", parsed), ("bytes (now)", raw)):
+        print(f"  {label:31} {size:7.0f} B/item, {size * kept / 2**20:6.1f} MiB")
 
 
 if __name__ == "__main__":

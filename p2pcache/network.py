@@ -48,7 +48,11 @@ from p2pcache.net.providers import ProviderDirectory, ProvidersUnknown, peer_nar
 from p2pcache.net.recent_providers import RecentProviders
 from p2pcache.net.transfer import TransferStats
 from p2pcache.net.upstream import UpstreamClient
-from p2pcache.net.upstream_narinfo import UpstreamNarinfo, preferred_groups
+from p2pcache.net.upstream_narinfo import (
+    UpstreamNarinfo,
+    check_upstream_narinfo,
+    preferred_groups,
+)
 from p2pcache.resolver import Candidate, MissResolver, ResolverSettings
 from p2pcache.server.admin_app import AiohttpListener
 from p2pcache.server.peer_app import PeerAPI
@@ -70,8 +74,9 @@ MAX_CONCURRENT_SEARCHES = 256
 ANNOUNCE_PAGE = 10_000
 
 MAX_KEPT_UPSTREAM_NARINFOS = 10_000
-"""Upstream narinfos kept for the NAR downloads that follow their misses (a few MB); older
-ones are asked for again if their NAR is wanted."""
+"""Upstream narinfos kept for the NAR downloads that follow their misses, as bytes (about
+2 KB each, 20 MB in all; parsed, 7 KB each); older ones are asked for again if their NAR
+is wanted."""
 
 PROMISE_EXPIRY_BATCH = 1000
 PROMISE_EXPIRY_BATCHES = 20
@@ -150,7 +155,8 @@ class PeerNetwork:
         self.fetcher: ItemFetcher | None = None
         self.peer_url = ""
         self._peer_listener: AiohttpListener | None = None
-        self._upstream_narinfos: dict[str, UpstreamNarinfo] = {}
+        self._upstream_narinfos: dict[str, tuple[str, bytes]] = {}
+        """(upstream URL, narinfo bytes) by hash part, parsed again when the NAR is wanted."""
         self._fetches = FetchesInProgress(index, self._read_cached)
         self.announcer: Announcer | None = None
         self._tasks: list[asyncio.Task] = []
@@ -513,7 +519,7 @@ class PeerNetwork:
         narinfo is gone is asked for again, `_upstream_narinfo_of`)."""
         kept = self._upstream_narinfos
         kept.pop(hash_part, None)
-        kept[hash_part] = narinfo
+        kept[hash_part] = (narinfo.cache_url, narinfo.raw)
         if len(kept) > MAX_KEPT_UPSTREAM_NARINFOS:
             del kept[next(iter(kept))]
 
@@ -612,10 +618,15 @@ class PeerNetwork:
         the NAR when it needs it, maybe of a node restarted since, or one that has promised
         thousands of other items since. A narinfo asked for again is only used if it
         describes the NAR that was promised (the download is checked against that NarHash)."""
-        kept = self._upstream_narinfos.get(item.hash_part)
-        if kept is not None and _describes(kept, item):
-            return kept
         assert self.upstream is not None
+        kept = self._upstream_narinfos.get(item.hash_part)
+        if kept is not None:
+            url, raw = kept
+            narinfo = check_upstream_narinfo(
+                raw, url, item.hash_part, store_dir=self.config.store_dir
+            )
+            if _describes(narinfo, item):
+                return narinfo
         found = self.resolver.provenances.get(item.hash_part) if self.resolver else None
         urls = list(self.config.upstreams)
         if found is not None and found.source in urls:
