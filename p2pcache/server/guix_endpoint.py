@@ -232,7 +232,12 @@ class GuixEndpoint:
             match = _NAR_PATH.match(path)
             if match is None:
                 return self._not_found
-            return self.nar(match.group(2), match.group(3), compressed=bool(match.group(1)))
+            return self.nar(
+                match.group(2),
+                match.group(3),
+                compressed=bool(match.group(1)),
+                head=request.method == "HEAD",
+            )
         if path == "/nix-cache-info":
             return self._cache_info
         if path == "/signing-key.pub":
@@ -350,15 +355,23 @@ class GuixEndpoint:
     # -- NARs ---------------------------------------------------------------------------------
 
     def nar(
-        self, hash_part: str, name: str, *, compressed: bool
+        self, hash_part: str, name: str, *, compressed: bool, head: bool = False
     ) -> AnyResponse | Awaitable[AnyResponse]:
+        """A NAR, or for `head` (a HEAD request) what its GET would say, without fetching
+        anything from elsewhere."""
         item = self.index.get(hash_part)
         if item is None and not compressed and self.resolve_miss is not None:
-            return self._resolve_nar(hash_part, name)
-        return self._nar_of(item, hash_part, name, compressed=compressed)
+            return self._resolve_nar(hash_part, name, head)
+        return self._nar_of(item, hash_part, name, compressed=compressed, head=head)
 
     def _nar_of(
-        self, item: IndexedItem | None, hash_part: str, name: str, *, compressed: bool
+        self,
+        item: IndexedItem | None,
+        hash_part: str,
+        name: str,
+        *,
+        compressed: bool,
+        head: bool = False,
     ) -> AnyResponse | Awaitable[AnyResponse]:
         if item is None or item.state is State.CORRUPT or item.basename != f"{hash_part}-{name}":
             return self._not_found
@@ -380,9 +393,12 @@ class GuixEndpoint:
             return self._from_store(item)
         if self.remote_stream is None:
             return self._not_found
+        if head:
+            # The head of the GET that would fetch it; the stream is never started.
+            return self._remote_response(item, self.remote_stream(item))
         return self._from_remote(item)
 
-    async def _resolve_nar(self, hash_part: str, name: str) -> AnyResponse:
+    async def _resolve_nar(self, hash_part: str, name: str, head: bool) -> AnyResponse:
         """The NAR of an item the index does not know. Guix keeps a narinfo for its max-age
         and asks for the NAR when it builds, maybe after this node forgot the item (its
         promise expired, its NAR was evicted, its data directory was reset). So the item is
@@ -394,7 +410,7 @@ class GuixEndpoint:
         except P2PCacheError as e:
             log.info("the NAR of %s-%s is not to be found now: %s", hash_part, name, e)
             return self._not_found
-        answer = self._nar_of(item, hash_part, name, compressed=False)
+        answer = self._nar_of(item, hash_part, name, compressed=False, head=head)
         return await answer if inspect.isawaitable(answer) else answer
 
     async def _from_remote(self, item: IndexedItem) -> AnyResponse:
@@ -411,6 +427,9 @@ class GuixEndpoint:
             return self._bad_gateway
         if first is None:
             return self._bad_gateway  # a source that ended at once: nothing to send
+        return self._remote_response(item, pieces)
+
+    def _remote_response(self, item: IndexedItem, pieces: AsyncIterator[bytes]) -> StreamResponse:
         self.metrics.nar_bytes_served.inc(("none",), item.nar_size)
         return StreamResponse(pieces, item.nar_size, NAR_TYPE, self._nar_headers(), label="nar")
 

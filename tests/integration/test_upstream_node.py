@@ -103,6 +103,22 @@ async def test_an_upstream_item_is_relayed_then_fetched_then_cached(
         assert len(upstream.requests) == asked
 
 
+async def test_a_head_request_for_a_nar_not_cached_fetches_nothing(
+    tmp_path, upstream, small_item, trusted_key
+):
+    small_item.publish(upstream, trusted_key)
+    async with node_with_upstream(tmp_path, upstream, trusted_key) as node:
+        path = f"/nar/{small_item.basename}"
+        # Not even known yet: looked up (a narinfo request upstream), not downloaded.
+        [head] = await guix_client.pipelined_get(HOST, node.guix_port, [path], method="HEAD")
+        assert head.status == 200
+        assert int(head.headers["content-length"]) == len(small_item.nar)
+        [again] = await guix_client.pipelined_get(HOST, node.guix_port, [path], method="HEAD")
+        assert again.status == 200
+        assert upstream.requests == [f"/{small_item.hash_part}.narinfo"]
+        assert not node.index.get(small_item.hash_part).is_baked
+
+
 async def test_a_nar_promised_before_a_restart_is_still_fetched(
     tmp_path, upstream, small_item, trusted_key
 ):
