@@ -15,6 +15,12 @@ misses run concurrently while the server keeps the answers in order. Pre-rendere
 never outlive a change: the node calls `forget` when an item is baked, evicted or refused,
 and the index's change log, read through the rendered narinfos, tells of changes made by
 other processes (`forget_hot`).
+
+NARs: cached ones are sent from their file (zstd) or decompressed (none); a store item not
+baked yet is read from the store and checked on the way; an accepted item from peers or
+upstream is brought in while it is sent, its head held until the first piece is there (502
+if none comes, so that Guix tries the narinfo's next URL). A NAR of an item the index does not
+know is looked up as a miss first: Guix may hold a narinfo the node has forgotten since.
 """
 
 from __future__ import annotations
