@@ -110,6 +110,20 @@ async def test_an_item_held_by_a_peer_is_served_to_guix_and_then_provided(tmp_pa
         assert hashlib.sha256(nar_c.body).digest() == big.nar_sha256
 
 
+async def test_a_nar_asked_for_without_its_narinfo_is_found_through_the_dht(tmp_path, test_store):
+    """Guix may hold a narinfo this node forgot (restarted with a new data directory, the
+    promise expired): the NAR request alone finds the item at a peer and brings it in."""
+    async with network(tmp_path, test_store, 2) as (seed, b):
+        (item,) = await baked(seed, 1)
+        await wait_until_findable(b, [item])
+        base = item.path.rsplit("/", 1)[-1]
+        assert b.index.get(base[:32]) is None
+        nar = await guix_client.get(b.config.listen.host, b.guix_port, f"/nar/{base}")
+        assert nar.status == 200 and nar.complete
+        assert hashlib.sha256(nar.body).digest() == item.nar_sha256
+        assert b.index.get(base[:32]).is_baked
+
+
 async def test_what_guix_and_peers_fetch_counts_as_demand_for_announcing(tmp_path, test_store):
     """The announcer's "popular" tier is fed by NAR requests from Guix and chunk requests
     from peers (items still waiting to be announced go before the rest of the store)."""
