@@ -222,6 +222,10 @@ async def test_a_promise_being_fetched_does_not_expire(
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         writer.close()
         await until_forgotten(node, item.hash_part)
+        # Asked for again, the narinfo is looked up afresh (no answer kept rendered or hot).
+        [again] = await guix_client.narinfos(HOST, node.guix_port, [item.hash_part])
+        assert again.status == 200
+        assert upstream.requests.count(f"/{item.hash_part}.narinfo") == 2
 
 
 async def test_only_the_oldest_kept_narinfos_are_asked_for_again(
