@@ -12,14 +12,16 @@ log = logging.getLogger(__name__)
 
 def human_bytes(n: float) -> str:
     for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        shown = f"{n:.0f}" if unit == "B" else f"{n:.1f}"
+        # Decided on the rounded figure: 999,950 B is "1.0 MB", not "1000.0 kB".
+        if abs(float(shown)) < 1000 or unit == "TB":
+            return f"{shown} {unit}"
         n /= 1000
     raise AssertionError("unreachable")
 
 
 def human_duration(seconds: float) -> str:
-    seconds = int(seconds)
+    seconds = max(0, int(seconds))
     hours, rest = divmod(seconds, 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
@@ -60,7 +62,8 @@ class Progress:
     def line(self) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-6)
         rate = self.bytes / elapsed
-        left = (self.total_bytes - self.bytes) / rate if rate > 0 else 0.0
+        # The total may be short (items of unknown size): past it, nothing is said to be left.
+        left = max(0, self.total_bytes - self.bytes) / rate if rate > 0 else 0.0
         pct = 100.0 * self.bytes / self.total_bytes if self.total_bytes else 100.0
         failed = f", {self.failed} failed" if self.failed else ""
         return (
@@ -77,7 +80,8 @@ class Progress:
         self._last_draw = now
         if self.is_terminal:
             width = 30
-            done = int(width * self.bytes / self.total_bytes) if self.total_bytes else width
+            share = min(1.0, self.bytes / self.total_bytes) if self.total_bytes else 1.0
+            done = int(width * share)
             bar = "#" * done + "-" * (width - done)
             self.stream.write(f"\r[{bar}] {self.line()}\x1b[K")
             self.stream.flush()

@@ -97,9 +97,19 @@ def _tokenize(value: str) -> tuple[str, ...]:
     return tuple(tokens)
 
 
+MAX_NUMBER_DIGITS = 20
+"""A byte count has at most 20 significant digits (2**64 has 20); Guile reads any number of
+them, but a longer one is no size of anything, and Python's int() refuses more than 4,300."""
+
+
 def _to_number(value: str) -> int | None:
     """A decimal field as Guile's `string->number` would read a byte count (else None)."""
-    if value and value.isascii() and value.isdigit():
+    if (
+        value
+        and value.isascii()
+        and value.isdigit()
+        and len(value.lstrip("0")) <= MAX_NUMBER_DIGITS
+    ):
         return int(value)
     return None
 

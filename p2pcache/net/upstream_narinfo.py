@@ -146,9 +146,11 @@ def _is_fetchable(url: str) -> bool:
         return False
     try:
         parsed = yarl.URL(url, encoded=True)
-    except ValueError:
+        # yarl reads the host (IDNA) and the port when asked: a bad one raises only here.
+        host, _ = parsed.host, parsed.port
+    except ValueError:  # UnicodeError (a host IDNA refuses) is one too
         return False
-    return parsed.scheme in ("http", "https") and bool(parsed.host)
+    return parsed.scheme in ("http", "https") and bool(host)
 
 
 def check_upstream_narinfo(

@@ -46,6 +46,7 @@ _STATUS_LINES = {
     if s.value >= 200 and s.value not in (204, 205, 304)
 }
 _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"})
+_SET_BY_THIS_MODULE = _FRAMING_HEADERS | {"content-type"}
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")  # RFC 9110 section 5.6.2
 _FORBIDDEN_IN_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]|[^\x00-\xff]")  # CTLs but HTAB
 
@@ -59,10 +60,13 @@ def _check_head_fields(status: int, content_type: str, headers: Headers) -> None
     for name, value in headers:
         if not _TOKEN.match(name):
             raise ValueError(f"header name {name!r} is not an HTTP token")
-        if name.lower() in _FRAMING_HEADERS:
+        if name.lower() in _SET_BY_THIS_MODULE:
             raise ValueError(f"header {name!r} is set by the server, not by the handler")
         if _FORBIDDEN_IN_VALUE.search(value):
             raise ValueError(f"header {name!r} has a control or non-Latin-1 character")
+        if value != value.strip(" \t"):
+            # A parser drops it (RFC 9110 section 5.5): the client would read another value.
+            raise ValueError(f"header {name!r} has leading or trailing whitespace")
 
 
 def render_head(
@@ -149,7 +153,11 @@ class RawResponse:
 
     def __post_init__(self) -> None:
         n = self.head_length
-        if not (self.data.startswith(b"HTTP/1.1 ") and self.data[n - 4 : n] == b"\r\n\r\n"):
+        if not (
+            4 <= n <= len(self.data)
+            and self.data.startswith(b"HTTP/1.1 ")
+            and self.data[n - 4 : n] == b"\r\n\r\n"
+        ):
             raise ValueError("RawResponse.head_length does not end the head of its data")
 
     @property

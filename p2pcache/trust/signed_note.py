@@ -141,7 +141,11 @@ def check_key_name(name: str) -> None:
     """Key names are non-empty, hold no Unicode space and no `+`, and are bounded here."""
     if not name:
         raise NoteFormatError("a key name is empty", "key-name")
-    if len(name.encode()) > MAX_KEY_NAME_LENGTH:
+    try:
+        encoded = name.encode()
+    except UnicodeEncodeError:  # a lone surrogate (surrogateescape'd bytes from argv)
+        raise NoteFormatError(f"key name {name[:60]!r} is not valid Unicode", "key-name") from None
+    if len(encoded) > MAX_KEY_NAME_LENGTH:
         raise NoteFormatError(
             f"key name {name[:40]!r}… is longer than {MAX_KEY_NAME_LENGTH} bytes", "key-name"
         )
@@ -188,10 +192,24 @@ def parse_note(
 
 
 def render_note(note: Note) -> bytes:
-    """The note's bytes: text, blank line, signature lines."""
+    """The note's bytes: text, blank line, signature lines. Within `parse_note`'s bounds: a
+    note is never written that this module would refuse to read (a cosignature added to a
+    note that already has the most signature lines allowed, say)."""
     if not note.signatures:
         raise NoteFormatError("a signed note needs at least one signature")
-    return note.text + b"\n" + b"".join(s.render() for s in note.signatures)
+    if len(note.signatures) > MAX_NOTE_SIGNATURES:
+        raise NoteFormatError(
+            f"a note of {len(note.signatures)} signatures would be refused when read "
+            f"(at most {MAX_NOTE_SIGNATURES})",
+            "oversized",
+        )
+    data = note.text + b"\n" + b"".join(s.render() for s in note.signatures)
+    if len(data) > MAX_NOTE_SIZE:
+        raise NoteFormatError(
+            f"a note of {len(data)} bytes would be refused when read (at most {MAX_NOTE_SIZE})",
+            "oversized",
+        )
+    return data
 
 
 def sign_note(text: bytes, signers: Sequence[NoteSigner]) -> Note:
