@@ -17,6 +17,7 @@ in the cache.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -109,12 +110,15 @@ class ItemFetcher:
         held: VerifiedChunk | None = None
         with self.nar_store.writing() as pending:
             try:
-                async for chunk in transfer.chunks():
-                    await loop.run_in_executor(self.executor, _keep, pending, hasher, chunk)
-                    frame_sizes.append(len(chunk.frame))
-                    if held is not None:
-                        yield held.data
-                    held = chunk
+                # Closed where it stands if the client stops early (its downloads end at
+                # once), not later by the garbage collector.
+                async with contextlib.aclosing(transfer.chunks()) as chunks:
+                    async for chunk in chunks:
+                        await loop.run_in_executor(self.executor, _keep, pending, hasher, chunk)
+                        frame_sizes.append(len(chunk.frame))
+                        if held is not None:
+                            yield held.data
+                        held = chunk
                 summary = hasher.summary()
                 if summary.nar_hash != item.nar_hash or summary.size != item.nar_size:
                     for provider in transfer.stats.providers_used:

@@ -17,6 +17,7 @@ tracks (checkpoint gossip, trust/gossip.py), and, on a witness, the checkpoints 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import time
@@ -44,6 +45,8 @@ from p2pcache.trust.checkpoint import builder_origin
 from p2pcache.trust.checkpoint_list import render_checkpoint_list
 from p2pcache.trust.merkle_log import LogRangeError
 from p2pcache.trust.witness import Witness
+
+log = logging.getLogger(__name__)
 
 NARINFO_TYPE = "text/x-nix-narinfo"
 NARINFOS_TYPE = "application/x-p2pcache-narinfos"
@@ -206,7 +209,13 @@ class PeerAPI:
                 block = await loop.run_in_executor(self.executor, os.pread, fd, size, position)
                 if len(block) != size:
                     raise ConnectionResetError("cached NAR is shorter than its chunk table")
-                await response.write(block)
+                try:
+                    await response.write(block)
+                except ConnectionResetError:
+                    # The peer went away (it had what it needed, or gave up): not an error of
+                    # this node's, which aiohttp would log as one if it were raised.
+                    log.debug("a peer left while sending chunks of %s", item.hash_part)
+                    return response
                 position += size
             await response.write_eof()
         finally:

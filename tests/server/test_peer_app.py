@@ -1,8 +1,15 @@
 """The peer API's log and attestation endpoints over real sockets: what is served verifies."""
 
+import asyncio
+import logging
+import socket
+import struct
+
 import aiohttp
 import pytest
 
+from p2pcache.cache.chunk_table import decode_chunk_table
+from p2pcache.guix.signing_key import generate_key_pair
 from p2pcache.net.peer_client import PeerClient
 from p2pcache.trust.attestation_bundle import parse_bundle, verify_bundle
 from p2pcache.trust.builder_log import BuilderLog
@@ -10,7 +17,9 @@ from p2pcache.trust.bundle_list import parse_bundle_list
 from p2pcache.trust.checkpoint import verify_checkpoint
 from p2pcache.trust.merkle_hash import leaf_hash
 from p2pcache.trust.merkle_proof import verify_consistency, verify_inclusion
-from tests.net.peer_servers import builder_server
+from tests.net.peer_servers import builder_server, peer_server
+from tests.seeded_cache import seed_cache
+from tests.test_fetcher import big_item_fixture  # noqa: F401 (fixture)
 from tests.trust.builders import builder_key, hash_part, signed_attestation, store_path
 
 A, B = builder_key("builder a"), builder_key("builder b")
@@ -142,3 +151,35 @@ async def test_entries_logged_without_a_checkpoint_are_served_under_a_fresh_one(
         assert status == 200
         (bundle,) = parse_bundle_list(body)
         assert verify_bundle(parse_bundle(bundle), public(A), PATHS[0]).checkpoint.size == 1
+
+
+async def test_a_peer_leaving_in_the_middle_of_frames_is_not_logged_as_an_error(
+    tmp_path, big_item, caplog
+):
+    """A peer that stops reading (it had what it needed, or gave up) is routine: the server
+    must not log it as an error of its own, as aiohttp does with an exception it is handed."""
+    store, info, _ = big_item
+    source = await seed_cache(tmp_path / "peer", store, generate_key_pair(), [info])
+    hash_part = info.path.rsplit("/", 1)[-1][:32]
+    count = decode_chunk_table(source.index.get(hash_part).chunk_table).count
+    caplog.set_level(logging.DEBUG)
+    try:
+        async with peer_server(source, "127.0.12.9") as url:
+            host, port = url.removeprefix("http://").split(":")
+            reader, writer = await asyncio.open_connection(host, int(port))
+            target = f"/p2p/v1/frames/{hash_part}/0/{count}"
+            writer.write(f"GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.close()  # a reset, with megabytes still to send
+            for _ in range(100):
+                if any("left while sending chunks" in r.getMessage() for r in caplog.records):
+                    break
+                await asyncio.sleep(0.02)
+            else:
+                raise AssertionError("the server never noticed the peer leave")
+    finally:
+        await source.index.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
