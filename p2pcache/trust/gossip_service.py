@@ -95,8 +95,8 @@ class GossipService:
             if proof is not None:
                 result = await asyncio.to_thread(self.gossip.observe, checked, proof)
         if is_fork(result):
-            self.counters.count_fork(result)
             evidence = result.evidence  # type: ignore[union-attr]
+            self.counters.count_fork(evidence)  # as the witness and the verifier report forks
             log.error(
                 "checkpoint gossip: the log %s is FORKED (%s; checkpoint relayed by %s); "
                 "evidence kept, that builder is no longer trusted",

@@ -201,8 +201,11 @@ class Witness(ClosesOnExit):
     def _cosign(self, checkpoint: VerifiedCheckpoint) -> bytes:
         note = parse_note(checkpoint.note, max_size=MAX_CHECKPOINT_SIZE)
         log_key_id = Ed25519NoteVerifier(checkpoint.origin, checkpoint.log_key).key_id
-        own = tuple(
+        # The builder's first line only: a note may carry it more than once (each copy
+        # verifies), and copies kept would crowd out cosignatures, or make the note too long
+        # to be read back.
+        own = next(
             s for s in note.signatures if (s.name, s.key_id) == (checkpoint.origin, log_key_id)
         )
         line = self._cosigner.cosign(note.text, int(self._now()))
-        return render_note(Note(note.text, (*own, line)))
+        return render_note(Note(note.text, (own, line)))
