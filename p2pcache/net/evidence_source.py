@@ -77,6 +77,7 @@ class PeerEvidence:
             log.info("builder %s sent a malformed consistency proof: %s", url, e)
             return None
         except PeerError as e:
+            self.ranking.record_unavailable(url)
             log.info("could not get a consistency proof from builder %s: %s", url, e)
             return None
         if hashes is None:
@@ -95,6 +96,9 @@ class PeerEvidence:
             log.info("peer %s sent a malformed list of attestations: %s", url, e)
             return []
         except PeerError as e:
+            # Unreachable, failing or slow: ranked lower, as on the transfer path, so that a
+            # provider that always times out here is not asked first on every miss.
+            self.ranking.record_unavailable(url)
             log.debug("peer %s has no attestations for %s: %s", url, hash_part, e)
             return []
         if bundles:
