@@ -156,6 +156,7 @@ class Node:
             on_unbaked_served=self.publisher.enqueue_item,
             on_corrupt=self._store_item_corrupt,
             on_missing_file=self._cached_file_missing,
+            on_left_store=self._left_store,
             executor=self.io_executor,
         )
         self.endpoint.accessed.on_full = lambda: self._spawn(self._flush_access_times())
@@ -393,6 +394,12 @@ class Node:
             item=item.basename,
             source="local store",
         )
+
+    def _left_store(self, item: IndexedItem) -> None:
+        """A store item not baked is gone from the store (`guix gc`): nothing backs it now."""
+        self._spawn(self.index.remove([item.hash_part]))
+        if self.network is not None:
+            self.network.withdraw([item.hash_part])
 
     def _cached_file_missing(self, item: IndexedItem) -> None:
         """A cached NAR vanished from disk: a store item falls back to the store, others go."""

@@ -117,6 +117,7 @@ class GuixEndpoint:
         on_unbaked_served: Callable[[IndexedItem], None] | None = None,
         on_corrupt: Callable[[IndexedItem], None] | None = None,
         on_missing_file: Callable[[IndexedItem], None] | None = None,
+        on_left_store: Callable[[IndexedItem], None] | None = None,
         remote_stream: Callable[[IndexedItem], AsyncIterator[bytes]] | None = None,
         executor: Executor | None = None,
     ) -> None:
@@ -128,6 +129,8 @@ class GuixEndpoint:
         self.resolve_miss = resolve_miss
         self.on_unbaked_served = on_unbaked_served
         self.on_corrupt = on_corrupt
+        self.on_left_store = on_left_store
+        """Told of a store item not baked whose files are gone (`guix gc`): the node forgets it."""
         self.on_missing_file = on_missing_file
         self.remote_stream = remote_stream
         self.executor = executor
@@ -396,6 +399,16 @@ class GuixEndpoint:
         if compressed:
             return self._not_found
         if item.origin is Origin.STORE:
+            root = self.settings.store_root
+            if not os.path.lexists(root / item.basename) and _has_entries(root):
+                # Collected as garbage since it was published: a 404 now, so that Guix tries
+                # its next URL, and forgotten, so that the next narinfo request is a miss.
+                # (Not when the whole store is missing: a mount that is not there yet.)
+                log.warning("%s is no longer in the store; forgetting it", item.store_path)
+                self.forget(hash_part)
+                if self.on_left_store is not None:
+                    self.on_left_store(item)
+                return self._not_found
             return self._from_store(item)
         if self.remote_stream is None:
             return self._not_found
@@ -516,3 +529,12 @@ class GuixEndpoint:
 
     def _nar_headers(self) -> tuple[tuple[str, str], ...]:
         return (("Cache-Control", f"max-age={self.settings.narinfo_ttl}"),)
+
+
+def _has_entries(directory: Path) -> bool:
+    """Whether `directory` exists and holds anything (reads its first entry only)."""
+    try:
+        with os.scandir(directory) as entries:
+            return next(entries, None) is not None
+    except OSError:
+        return False

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
+import shutil
+import sqlite3
 import subprocess
 
 import pytest
@@ -220,6 +223,55 @@ async def test_corrupt_store_item_is_cut_and_never_served_again(tmp_path, small_
         assert again[0].status == 404
         corrupt = node.metrics.registry.get_sample_value("p2pcache_store_corrupt_items_total")
         assert corrupt >= 1
+
+
+async def test_a_store_item_collected_as_garbage_is_a_404_and_forgotten(tmp_path, small_test_store):
+    """`guix gc` removed an item the node had published but not baked: Guix gets a 404 for
+    its NAR (and tries its next URL), and the node no longer offers it."""
+    gone, kept = sorted(small_test_store.items, key=lambda i: i.nar_size)[:2]
+    config = node_config(tmp_path / "node", small_test_store, bake_new_items=False)
+    async with running_node(config) as node:
+        base = gone.path.rsplit("/", 1)[-1]
+        assert node.index.get(base[:32]) is not None
+        [before] = await guix_client.narinfos(HOST, node.guix_port, [base[:32]])
+        assert before.status == 200
+        # What `guix gc` does: the database row goes, then the files.
+        with contextlib.closing(sqlite3.connect(small_test_store.db_path)) as db, db:
+            (row,) = db.execute("SELECT id FROM ValidPaths WHERE path = ?", (gone.path,))
+            db.execute("DELETE FROM Refs WHERE referrer = ? OR reference = ?", (row[0], row[0]))
+            db.execute("DELETE FROM ValidPaths WHERE id = ?", (row[0],))
+        shutil.rmtree(small_test_store.real_path(gone.path), ignore_errors=True)
+        small_test_store.real_path(gone.path).unlink(missing_ok=True)  # a file item
+        reply = await guix_client.get(HOST, node.guix_port, f"/nar/{base}")
+        assert reply.status == 404
+        for _ in range(100):
+            if node.index.get(base[:32]) is None:
+                break
+            await asyncio.sleep(0.02)
+        assert node.index.get(base[:32]) is None
+        [after] = await guix_client.narinfos(HOST, node.guix_port, [base[:32]])
+        assert after.status == 404
+        # The rest of the store is served as before.
+        other = kept.path.rsplit("/", 1)[-1]
+        nar = await guix_client.get(HOST, node.guix_port, f"/nar/{other}")
+        assert nar.status == 200 and nar.complete
+
+
+async def test_a_store_that_is_not_there_forgets_nothing(tmp_path, small_test_store):
+    """A store root that is empty or missing (a mount not there yet) is no `guix gc`."""
+    config = node_config(tmp_path / "node", small_test_store, bake_new_items=False)
+    async with running_node(config) as node:
+        item = small_test_store.items[0]
+        base = item.path.rsplit("/", 1)[-1]
+        hidden = small_test_store.store_root.with_name("hidden-store")
+        small_test_store.store_root.rename(hidden)
+        try:
+            reply = await guix_client.get(HOST, node.guix_port, f"/nar/{base}")
+            assert not (reply.status == 200 and reply.complete)
+            await asyncio.sleep(0.1)
+            assert node.index.get(base[:32]) is not None
+        finally:
+            hidden.rename(small_test_store.store_root)
 
 
 async def test_new_store_items_are_noticed_and_baked(tmp_path, small_test_store):
