@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from p2pcache.cache.baker import BakeResult, CorruptStoreItem, bake_store_item
-from p2pcache.cache.index import CacheIndex, IndexedItem, NewItem, Origin
+from p2pcache.cache.index import CacheIndex, IndexedItem, NewItem, Origin, State
 from p2pcache.cache.nar_store import NarStore
 from p2pcache.config import Config
 from p2pcache.errors import P2PCacheError
@@ -202,8 +202,9 @@ class Publisher:
         self.metrics.bake_queue.set(self._queue.qsize())
 
     def enqueue_item(self, item: IndexedItem) -> None:
-        """Queue an indexed store item for baking (e.g. after serving it uncompressed)."""
-        if item.origin is Origin.STORE and not item.is_baked:
+        """Queue an indexed store item for baking (e.g. after serving it uncompressed); not
+        one found corrupt, which baking would only check and refuse again."""
+        if item.origin is Origin.STORE and item.state is State.UNBAKED:
             digest = parse_nar_hash(item.nar_hash)
             self.enqueue(BakeJob(item.hash_part, item.store_path, digest, item.nar_size))
 

@@ -511,6 +511,9 @@ async def test_item_changed_on_disk_is_marked_corrupt_and_never_baked(
     assert r.index.get(h).state is State.CORRUPT
     assert r.sample("p2pcache_store_corrupt_items_total") == 2
     assert (await r.index.stats()).baked == 0
+    # Not queued again for baking: it would only be checked and refused again.
+    r.publisher.enqueue_item(r.index.get(h))
+    assert r.publisher.queue_size == 0
 
 
 async def test_enqueue_item_queues_unbaked_store_items_once_and_the_worker_drains_them(
