@@ -126,6 +126,7 @@ class Node:
             bake_executor=self.bake_executor,
             compress_executor=self.compress_executor,
             on_changed=self._item_changed,
+            on_gone=self._gone_from_store,
         )
         if not config.store_root.is_dir() or not any(config.store_root.iterdir()):
             log.warning(
@@ -398,8 +399,14 @@ class Node:
     def _left_store(self, item: IndexedItem) -> None:
         """A store item not baked is gone from the store (`guix gc`): nothing backs it now."""
         self._spawn(self.index.remove([item.hash_part]))
+        self._gone_from_store([item.hash_part])
+
+    def _gone_from_store(self, hash_parts: list[str]) -> None:
+        """Store items forgotten (the store lost them): no longer offered nor announced."""
+        for hash_part in hash_parts:
+            self._forget(hash_part)
         if self.network is not None:
-            self.network.withdraw([item.hash_part])
+            self.network.withdraw(hash_parts)
 
     def _cached_file_missing(self, item: IndexedItem) -> None:
         """A cached NAR vanished from disk: a store item falls back to the store, others go."""

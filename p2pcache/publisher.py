@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 LAST_STORE_ID = "last_store_id"
 # Rows read from the Guix database per batch (one read transaction each).
 SYNC_BATCH = 2000
+COLLECTED_CHECK_INTERVAL = 3600.0
+"""How often the store items are compared with the Guix database for rows `guix gc` deleted,
+besides after any poll that finds fewer rows than the one before."""
 
 
 def basename(path: str) -> str:
@@ -92,6 +95,7 @@ class Publisher:
         bake_executor: Executor,
         compress_executor: Executor,
         on_changed: Callable[[str], None] = lambda hash_part: None,
+        on_gone: Callable[[list[str]], None] = lambda hash_parts: None,
     ) -> None:
         self.settings = settings
         self.store_db = store_db
@@ -101,6 +105,11 @@ class Publisher:
         self.bake_executor = bake_executor
         self.compress_executor = compress_executor
         self.on_changed = on_changed
+        self.on_gone = on_gone
+        """Told of store items forgotten because the store lost them (`guix gc`)."""
+        self._rows: int | None = None
+        self._shrank = False
+        self._checked_at = time.monotonic()
         self.available = False
         self.synced = asyncio.Event()
         self._queue: asyncio.Queue[BakeJob] = asyncio.Queue()
@@ -151,6 +160,8 @@ class Publisher:
             try:
                 last_id = await self.sync(after_id=last_id, bake_found=bake_found)
                 bake_found = True
+                if self._shrank or time.monotonic() - self._checked_at > COLLECTED_CHECK_INTERVAL:
+                    await self.forget_collected()
             except P2PCacheError as e:
                 log.warning("reading the Guix store database failed: %s; will retry", e)
             self.synced.set()
@@ -172,7 +183,10 @@ class Publisher:
                     self.enqueue(self._job(info))
             after_id = max(after_id, batch[-1].id)
             await self.index.set_state(LAST_STORE_ID, after_id)
-        self.metrics.store_items.set(await self.store_db.count())
+        rows = await self.store_db.count()
+        self.metrics.store_items.set(rows)
+        self._shrank = self._rows is not None and rows < self._rows
+        self._rows = rows
         if added:
             log.info(
                 "found %d new store items in the Guix database (%.1f s)",
@@ -180,6 +194,29 @@ class Publisher:
                 time.monotonic() - started,
             )
         return after_id
+
+    async def forget_collected(self) -> list[str]:
+        """Forget the store items not baked whose rows the Guix database no longer has
+        (`guix gc`): nothing backs them now. A baked one stays (its NAR is in the cache), so
+        does one queued for baking (its bake checks the store), and so does a path that was
+        registered again since (it has a new id). Returns the hash parts forgotten."""
+        self._checked_at = time.monotonic()
+        valid = await self.store_db.valid_ids()
+        gone = []
+        for store_id, hash_part, path in await self.index.unbaked_store_ids():
+            if store_id in valid or hash_part in self._queued:
+                continue
+            if await self.store_db.get(path) is None:
+                gone.append(hash_part)
+        if gone:
+            await self.index.remove(gone)
+            self.on_gone(gone)
+            log.info(
+                "forgot %d store items that are no longer in the Guix database (collected "
+                "as garbage)",
+                len(gone),
+            )
+        return gone
 
     @staticmethod
     def _job(info: StoreItemInfo, *, with_info: bool = False) -> BakeJob:

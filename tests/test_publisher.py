@@ -18,6 +18,7 @@ import hashlib
 import io
 import logging
 import os
+import shutil
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
@@ -109,6 +110,7 @@ class Rig:
     nar_store: NarStore
     metrics: NodeMetrics
     changed: list[str] = field(default_factory=list)
+    gone: list[list[str]] = field(default_factory=list)
     closed: bool = False
 
     def sample(self, name: str, labels: dict[str, str] | None = None) -> float | None:
@@ -148,6 +150,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Callable]:
         nar_store.prepare()
         metrics = NodeMetrics()
         changed: list[str] = []
+        gone: list[list[str]] = []
         publisher = Publisher(
             PublisherSettings(store_root, poll, bake_new_items, 3),
             GuixStoreDatabase(db_path, open_attempts=open_attempts, retry_delay=retry_delay),
@@ -157,8 +160,9 @@ async def rig(tmp_path: Path) -> AsyncIterator[Callable]:
             bake_executor=bake_pool,
             compress_executor=zstd_pool,
             on_changed=changed.append,
+            on_gone=gone.append,
         )
-        made.append(r := Rig(publisher, index, nar_store, metrics, changed))
+        made.append(r := Rig(publisher, index, nar_store, metrics, changed, gone))
         return r
 
     yield make
@@ -406,22 +410,81 @@ async def test_restart_bakes_what_appeared_while_stopped_and_marks_corrupt_items
     assert any("refusing to publish a corrupt store item" in m for m in messages(caplog))
 
 
-async def test_rows_removed_from_the_database_do_not_stop_polling(rig, small_test_store):
-    """The publisher follows new rows only (id > last seen): a row the garbage collector
-    deletes stays in the index, while the valid-paths gauge and later rows stay current."""
+def leaves(store: TestStore) -> list[StoreItemInfo]:
+    """Items no other item refers to: what `guix gc` may delete alone."""
+    referenced = {ref for i in store.items for ref in i.references if ref != i.path}
+    return [i for i in store.items if i.path not in referenced]
+
+
+def collect_garbage(store: TestStore, info: StoreItemInfo) -> None:
+    """What `guix gc` does to an item: its row goes (with its references), then its files."""
+    with open_for_writing(store.db_path) as conn:
+        conn.execute("DELETE FROM Refs WHERE referrer = ?", (info.id,))
+        conn.execute("DELETE FROM ValidPaths WHERE id = ?", (info.id,))
+    path = store.real_path(info.path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+async def test_a_poll_with_fewer_rows_forgets_the_store_items_collected_as_garbage(
+    rig, small_test_store, caplog
+):
     store = small_test_store
     r = await rig(store.store_root, store.db_path, bake_new_items=False)
     await r.publisher.start()
     await synced(r)
-    referenced = {ref for i in store.items for ref in i.references if ref != i.path}
-    leaf = next(i for i in reversed(store.items) if i.path not in referenced)
+    leaf = leaves(store)[-1]
+    h = hash_part(leaf.path)
+    with caplog.at_level(logging.INFO, logger=PUBLISHER_LOG):
+        collect_garbage(store, leaf)
+        await eventually(lambda: r.index.get(h) is None)
+    assert r.gone == [[h]]
+    assert r.sample("p2pcache_store_valid_paths") == len(store.items) - 1
+    assert any("forgot 1 store items that are no longer" in m for m in messages(caplog))
+    assert all(r.index.get(hash_part(i.path)) for i in store.items if i is not leaf)
+
+
+async def test_the_hourly_check_finds_what_new_rows_hid_and_keeps_what_is_still_backed(
+    rig, small_test_store
+):
+    """New builds may outnumber what `guix gc` deleted between two polls: the row count does
+    not drop, and the periodic comparison finds them. Baked items, items queued for baking
+    and paths registered again under a new id are kept."""
+    store = small_test_store
+    r = await rig(store.store_root, store.db_path, bake_new_items=False)
+    await r.publisher.store_db.open()  # polled by hand: no worker bakes the queued item
+    last = await r.publisher.sync(after_id=0, bake_found=False)
+    gone, baked, queued, again = leaves(store)[-4:]
+    assert await r.publisher.bake(job_for(baked)) is not None
+    collect_garbage(store, gone)
     with open_for_writing(store.db_path) as conn:
-        conn.execute("DELETE FROM ValidPaths WHERE id = ?", (leaf.id,))
-    added = add_items(store, 2, seed=13)
-    await eventually(lambda: all(r.index.get(hash_part(i.path)) for i in added))
-    await eventually(lambda: r.sample("p2pcache_store_valid_paths") == len(store.items) - 1)
-    assert r.index.get(hash_part(leaf.path)).store_path == leaf.path
-    assert await r.publisher.store_db.get(leaf.path) is None
+        for info in (baked, queued, again):
+            conn.execute("DELETE FROM ValidPaths WHERE id = ?", (info.id,))
+        new_id = register_valid_path(
+            conn,
+            path=again.path,
+            nar_sha256=again.nar_sha256,
+            nar_size=again.nar_size,
+            registration_time=int(time.time()),
+            deriver=again.deriver,
+            references=tuple(ref for ref in again.references if ref != again.path),
+        )
+    assert new_id > again.id
+    added = add_items(store, 5, seed=21)  # more rows than were deleted
+    await r.publisher.sync(after_id=last, bake_found=False)
+    assert all(r.index.get(hash_part(i.path)) for i in added)
+    r.publisher.enqueue_item(r.index.get(hash_part(queued.path)))
+    assert r.publisher.queue_size == 1
+    forgotten = await r.publisher.forget_collected()
+    assert forgotten == [hash_part(gone.path)]
+    assert r.gone == [forgotten]
+    assert r.index.get(hash_part(gone.path)) is None
+    assert r.index.get(hash_part(baked.path)).is_baked  # its NAR is in the cache
+    assert r.index.get(hash_part(queued.path)) is not None  # its bake checks the store
+    assert r.index.get(hash_part(again.path)) is not None  # valid under its new id
+    assert await r.publisher.forget_collected() == []
 
 
 async def test_store_db_finds_an_item_the_poll_has_not_reached_yet(rig, small_test_store):

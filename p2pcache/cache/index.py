@@ -671,6 +671,15 @@ class CacheIndex:
 
         return await self._transaction(body)
 
+    async def unbaked_store_ids(self) -> list[tuple[int, str, str]]:
+        """(store id, hash part, store path) of every store item not baked: what is served
+        from the store, and must go when the store loses it."""
+        async with self._require_writer().execute(
+            "SELECT store_id, hash_part, store_path FROM items"
+            " WHERE store_id IS NOT NULL AND origin = 'store' AND nar_file IS NULL"
+        ) as cur:
+            return [tuple(row) for row in await cur.fetchall()]  # type: ignore[misc]
+
     async def touch(self, accessed: dict[str, int]) -> None:
         """Record last-access times (batched by the caller: one write per flush, not per hit)."""
         if not accessed:

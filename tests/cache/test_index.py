@@ -143,6 +143,19 @@ async def test_only_old_unfetched_items_found_for_misses_expire(index):
     assert (await index.stats()).items == 2
 
 
+async def test_unbaked_store_ids_are_the_store_items_served_from_the_store(index):
+    store_a, store_b, peer = "a" * 32, "b" * 32, "c" * 32
+    await index.add_items(
+        [
+            dataclasses.replace(new_item(store_a), store_id=11),
+            dataclasses.replace(new_item(store_b), store_id=12),
+            new_item(peer, Origin.PEER),
+        ]
+    )
+    await index.mark_baked(store_b, "bb/b.zst", 1, b"t", b"r")
+    assert await index.unbaked_store_ids() == [(11, store_a, f"/gnu/store/{store_a}-x")]
+
+
 async def test_remove_and_node_state(index):
     await index.add_items([new_item(HASH_A, Origin.PEER)])
     await index.remove([HASH_A])

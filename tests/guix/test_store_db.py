@@ -82,6 +82,7 @@ async def test_reads_back_every_item_the_generator_registered(test_store):
         assert await read_all(db) == test_store.items
         assert await db.count() == len(test_store.items)
         assert await db.max_id() == test_store.items[-1].id
+        assert await db.valid_ids() == {i.id for i in test_store.items}
 
 
 async def test_pages_in_id_order_from_any_id(test_store):
