@@ -36,6 +36,8 @@ SYNC_BATCH = 2000
 COLLECTED_CHECK_INTERVAL = 3600.0
 """How often the store items are compared with the Guix database for rows `guix gc` deleted,
 besides after any poll that finds fewer rows than the one before."""
+COLLECTED_CHECK_PAGE = 5000
+"""Store items compared at a time (their ids, and the database's ids in the same range)."""
 
 
 def basename(path: str) -> str:
@@ -201,13 +203,17 @@ class Publisher:
         does one queued for baking (its bake checks the store), and so does a path that was
         registered again since (it has a new id). Returns the hash parts forgotten."""
         self._checked_at = time.monotonic()
-        valid = await self.store_db.valid_ids()
         gone = []
-        for store_id, hash_part, path in await self.index.unbaked_store_ids():
-            if store_id in valid or hash_part in self._queued:
-                continue
-            if await self.store_db.get(path) is None:
-                gone.append(hash_part)
+        after = 0
+        while page := await self.index.unbaked_store_ids(after, COLLECTED_CHECK_PAGE):
+            after = page[-1][0]
+            valid = await self.store_db.valid_ids(page[0][0], after)
+            for store_id, hash_part in page:
+                if store_id in valid or hash_part in self._queued:
+                    continue
+                item = self.index.get(hash_part)
+                if item is not None and await self.store_db.get(item.store_path) is None:
+                    gone.append(hash_part)
         if gone:
             await self.index.remove(gone)
             self.on_gone(gone)

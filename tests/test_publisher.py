@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from p2pcache import publisher as publisher_module
 from p2pcache.cache.chunk_table import decode_chunk_table
 from p2pcache.cache.index import CacheIndex, NewItem, Origin, State
 from p2pcache.cache.nar_store import NarStore, nar_file_name
@@ -447,12 +448,13 @@ async def test_a_poll_with_fewer_rows_forgets_the_store_items_collected_as_garba
 
 
 async def test_the_hourly_check_finds_what_new_rows_hid_and_keeps_what_is_still_backed(
-    rig, small_test_store
+    rig, small_test_store, monkeypatch
 ):
     """New builds may outnumber what `guix gc` deleted between two polls: the row count does
     not drop, and the periodic comparison finds them. Baked items, items queued for baking
     and paths registered again under a new id are kept."""
     store = small_test_store
+    monkeypatch.setattr(publisher_module, "COLLECTED_CHECK_PAGE", 3)  # pages of 3 items
     r = await rig(store.store_root, store.db_path, bake_new_items=False)
     await r.publisher.store_db.open()  # polled by hand: no worker bakes the queued item
     last = await r.publisher.sync(after_id=0, bake_found=False)

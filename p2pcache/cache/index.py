@@ -671,14 +671,16 @@ class CacheIndex:
 
         return await self._transaction(body)
 
-    async def unbaked_store_ids(self) -> list[tuple[int, str, str]]:
-        """(store id, hash part, store path) of every store item not baked: what is served
-        from the store, and must go when the store loses it."""
+    async def unbaked_store_ids(self, after: int, limit: int) -> list[tuple[int, str]]:
+        """(store id, hash part) of up to `limit` store items not baked, with store ids above
+        `after`, in id order: what is served from the store, and must go when the store
+        loses it. Paged, so that a store of a million items is never read into memory whole."""
         async with self._require_writer().execute(
-            "SELECT store_id, hash_part, store_path FROM items"
-            " WHERE store_id IS NOT NULL AND origin = 'store' AND nar_file IS NULL"
+            "SELECT store_id, hash_part FROM items WHERE store_id > ? AND origin = 'store'"
+            " AND nar_file IS NULL ORDER BY store_id LIMIT ?",
+            (after, limit),
         ) as cur:
-            return [tuple(row) for row in await cur.fetchall()]  # type: ignore[misc]
+            return [(row[0], row[1]) for row in await cur.fetchall()]
 
     async def touch(self, accessed: dict[str, int]) -> None:
         """Record last-access times (batched by the caller: one write per flush, not per hit)."""

@@ -465,10 +465,12 @@ class GuixStoreDatabase:
         ((value,),) = (await self._read([("SELECT max(id) FROM ValidPaths", ())]))[0]
         return value or 0
 
-    async def valid_ids(self) -> set[int]:
-        """Every row id of ValidPaths (for a million rows, a few MB read once an hour at most:
-        how a publisher notices rows that `guix gc` deleted)."""
-        (rows,) = await self._read([("SELECT id FROM ValidPaths", ())])
+    async def valid_ids(self, low: int, high: int) -> set[int]:
+        """The row ids of ValidPaths from `low` to `high`, both included: how a publisher
+        notices rows that `guix gc` deleted, a page of ids at a time."""
+        (rows,) = await self._read(
+            [("SELECT id FROM ValidPaths WHERE id BETWEEN ? AND ?", (low, high))]
+        )
         return {row_id for (row_id,) in rows}
 
     async def count(self) -> int:

@@ -153,7 +153,12 @@ async def test_unbaked_store_ids_are_the_store_items_served_from_the_store(index
         ]
     )
     await index.mark_baked(store_b, "bb/b.zst", 1, b"t", b"r")
-    assert await index.unbaked_store_ids() == [(11, store_a, f"/gnu/store/{store_a}-x")]
+    store_c = "d" * 32
+    await index.add_items([dataclasses.replace(new_item(store_c), store_id=13)])
+    assert await index.unbaked_store_ids(0, 10) == [(11, store_a), (13, store_c)]
+    assert await index.unbaked_store_ids(0, 1) == [(11, store_a)]  # a page at a time
+    assert await index.unbaked_store_ids(11, 10) == [(13, store_c)]
+    assert await index.unbaked_store_ids(13, 10) == []
 
 
 async def test_remove_and_node_state(index):

@@ -82,7 +82,10 @@ async def test_reads_back_every_item_the_generator_registered(test_store):
         assert await read_all(db) == test_store.items
         assert await db.count() == len(test_store.items)
         assert await db.max_id() == test_store.items[-1].id
-        assert await db.valid_ids() == {i.id for i in test_store.items}
+        ids = [i.id for i in test_store.items]
+        assert await db.valid_ids(0, ids[-1]) == set(ids)
+        assert await db.valid_ids(ids[10], ids[19]) == set(ids[10:20])
+        assert await db.valid_ids(ids[-1] + 1, ids[-1] + 100) == set()
 
 
 async def test_pages_in_id_order_from_any_id(test_store):
