@@ -341,9 +341,14 @@ class PeerNetwork:
 
     async def _withdraw_promise(self, hash_part: str) -> None:
         """The policy no longer accepts an item: its narinfo is no longer offered to Guix."""
+        await self.index.remove([hash_part])
+        self._promise_gone(hash_part)
+
+    def _promise_gone(self, hash_part: str) -> None:
+        """An item no longer in the index: where it came from no longer matters, and the
+        node drops whatever it keeps rendered of it."""
         if self.resolver is not None:
             self.resolver.provenances.pop(hash_part)
-        await self.index.remove([hash_part])
         self.on_refused(hash_part)
 
     async def expire_promises(self, ttl: int) -> int:
@@ -357,9 +362,7 @@ class PeerNetwork:
                 int(time.time()) - ttl, PROMISE_EXPIRY_BATCH, keep=self._fetches.running()
             )
             for hash_part in gone:
-                if self.resolver is not None:
-                    self.resolver.provenances.pop(hash_part)
-                self.on_refused(hash_part)
+                self._promise_gone(hash_part)
             self.metrics.promises_expired.inc(len(gone))
             total += len(gone)
             if len(gone) < PROMISE_EXPIRY_BATCH:

@@ -397,16 +397,16 @@ class Node:
         )
 
     def _left_store(self, item: IndexedItem) -> None:
-        """A store item not baked is gone from the store (`guix gc`): nothing backs it now."""
+        """A store item not baked is gone from the store (`guix gc`): nothing backs it now.
+        (The endpoint dropped what it kept of it already.)"""
         self._spawn(self.index.remove([item.hash_part]))
-        self._gone_from_store([item.hash_part])
+        if self.network is not None:
+            self.network.withdraw([item.hash_part])
 
     def _gone_from_store(self, hash_parts: list[str]) -> None:
-        """Store items forgotten (the store lost them): no longer offered nor announced."""
+        """Store items the publisher forgot (the store lost them): as if evicted."""
         for hash_part in hash_parts:
-            self._forget(hash_part)
-        if self.network is not None:
-            self.network.withdraw(hash_parts)
+            self._evicted(hash_part)
 
     def _cached_file_missing(self, item: IndexedItem) -> None:
         """A cached NAR vanished from disk: a store item falls back to the store, others go."""
